@@ -1,0 +1,1 @@
+"""pytest plugin for uffdharness (fixtures and markers land with the scenario catalogue)."""
