@@ -1,0 +1,136 @@
+"""Command line entry point: ``uffdharness <command> ...``.
+
+Each command is one ``add_<name>_parser(subparsers)`` function that builds its parser and
+sets ``handler`` to a function ``(args) -> int``; list it in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from uffdharness import __version__
+from uffdharness.system import SystemFacts, collect
+
+__all__ = ["COMMANDS", "add_info_parser", "build_parser", "main", "render_info"]
+
+_LABEL_WIDTH = 26
+_LINE_WIDTH = 100
+
+
+# ---- info ------------------------------------------------------------------------------
+
+
+def add_info_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show kernel, privileges, hugepages and userfaultfd support",
+        description="Show the facts about this system that decide which checks can run.",
+    )
+    parser.add_argument("--json", action="store_true", help="print the facts as JSON")
+    parser.set_defaults(handler=run_info)
+
+
+def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    facts = collect()
+    if args.json:
+        json.dump(facts.to_json(), out, indent=2, sort_keys=False)
+        out.write("\n")
+    else:
+        out.write(render_info(facts))
+    return 0
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else ("yes" if value else "no")
+
+
+def render_info(facts: SystemFacts) -> str:
+    """The facts as aligned ``label  value`` lines."""
+    rows: list[tuple[str, str]] = []
+    kernel = facts.kernel
+    patch_note = "" if kernel.patch_known else " (patch level unknown)"
+    rows.append(("kernel", f"{kernel}{patch_note}"))
+    rows.append(("release", facts.release))
+    rows.append(("build", facts.version))
+    rows.append(("machine", facts.machine))
+    if facts.vdso_version is not None:
+        agreement = "agrees with uname" if facts.vdso_agrees else "DISAGREES with uname"
+        rows.append(("vDSO version", f"{facts.vdso_version} ({agreement})"))
+    else:
+        rows.append(("vDSO version", f"unreadable: {facts.vdso_error}"))
+    rows.append(("page size", str(facts.page_size)))
+    rows.append(("root", _yes_no(facts.is_root)))
+    rows.append(("CAP_SYS_PTRACE", _yes_no(facts.cap_sys_ptrace)))
+    unprivileged = facts.unprivileged_userfaultfd
+    rows.append(
+        ("vm.unprivileged_userfaultfd", "absent" if unprivileged is None else str(unprivileged))
+    )
+    if facts.dev_userfaultfd:
+        access = "accessible" if facts.dev_userfaultfd_accessible else "not accessible"
+        rows.append(("/dev/userfaultfd", f"present, {access}"))
+    else:
+        rows.append(("/dev/userfaultfd", "absent"))
+    rows.append(("userfaultfd", facts.uffd.status))
+    if facts.uffd.available:
+        rows.append(("  opened via", str(facts.uffd.opened_via)))
+        rows.append(("  features", ", ".join(facts.uffd.features) or "(none)"))
+        rows.append(("  fd ioctls", ", ".join(facts.uffd.ioctls) or "(none)"))
+    rows.append(("THP enabled", facts.thp_enabled or "absent"))
+    rows.append(("THP shmem_enabled", facts.thp_shmem_enabled or "absent"))
+    if not facts.hugepages:
+        rows.append(("hugepages", "none (no hugetlb support)"))
+    for pool in facts.hugepages:
+        default = " (default)" if pool.size_kb == facts.default_hugepage_kb else ""
+        rows.append(
+            (
+                f"hugepages {pool.size_kb}kB",
+                f"nr={pool.nr} free={pool.free} resv={pool.resv} surplus={pool.surplus}{default}",
+            )
+        )
+    width = max(_LABEL_WIDTH, max(len(label) for label, _ in rows) + 2)
+    lines = []
+    for label, value in rows:
+        wrapped = textwrap.wrap(
+            value,
+            width=_LINE_WIDTH,
+            initial_indent=label.ljust(width),
+            subsequent_indent=" " * width,
+            break_on_hyphens=False,
+        )
+        lines.extend(wrapped or [label])
+    return "\n".join(lines) + "\n"
+
+
+# ---- wiring ----------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_info_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uffdharness",
+        description="Drive the real Linux userfaultfd(2) machinery and check what the kernel does.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for add_parser in COMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return int(handler(args))
