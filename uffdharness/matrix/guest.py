@@ -1,0 +1,215 @@
+"""Boot a kernel in qemu, run one command from the host's root file system, collect results.
+
+The guest sees the host's / read-only (virtio-9p), a tmpfs /tmp, and a writable results
+share at initramfs.JOB_DIR; the job writes files into $UFFDHARNESS_RESULTS, and they come
+back in GuestResult.files. A guest that panics or whose init fails is `error`; one that
+outlives `timeout` is killed and is `hang`. Both carry the console tail.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import initramfs
+from .kernels import KernelImage
+
+Status = Literal["ok", "error", "hang"]
+QEMU = "qemu-system-x86_64"
+CONSOLE_TAIL_LINES = 60
+RESULTS_SUBDIR = "out"
+# quiet + loglevel keep the serial console (slow under TCG) short; panic=-1 with
+# -no-reboot turns a kernel panic into a qemu exit instead of a hang.
+BASE_CMDLINE = ("console=ttyS0", "panic=-1", "quiet", "loglevel=4", "rdinit=/init",
+                "i8042.noaux", "i8042.nokbd", "tsc=reliable", "no_timer_check")
+# Passed from the host when set, so a venv or pyenv python behaves the same in the guest.
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME",
+                   "PYENV_ROOT", "PYENV_VERSION")
+
+
+@dataclass
+class GuestResult:
+    status: Status
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    console_tail: str
+    files: dict[str, bytes] = field(default_factory=dict)
+    boot_s: float | None = None  # qemu start to the job's start (host wall clock)
+    total_s: float = 0.0
+    accel: str = "tcg"
+    detail: str = ""  # why the status is not ok
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    memory_mb: int = 2048
+    cpus: int = 2
+    accel: str | None = None  # "tcg", "kvm" or None: kvm only if the probe proved it works
+    prefer_vmlinux: bool = True
+    extra_cmdline: tuple[str, ...] = ()
+
+
+def guest_environment(env: dict[str, str] | None) -> dict[str, str]:
+    result = {key: os.environ[key] for key in PASSTHROUGH_ENV if key in os.environ}
+    result.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    result.update({
+        "HOME": "/tmp/home",  # the host root is read-only; /tmp is the guest's tmpfs
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "UFFDHARNESS_GUEST": "1",
+        "UFFDHARNESS_RESULTS": f"{initramfs.JOB_DIR}/{RESULTS_SUBDIR}",
+    })
+    result.update(env or {})
+    return result
+
+
+def job_script(argv: Sequence[str], env: dict[str, str], cwd: str) -> str:
+    exports = "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+    job_dir = initramfs.JOB_DIR
+    return (
+        f"{exports}\n"
+        'mkdir -p "$HOME"\n'
+        f"cd {shlex.quote(cwd)} || exit 125\n"
+        f"exec {shlex.join(argv)} >{job_dir}/stdout 2>{job_dir}/stderr </dev/null\n"
+    )
+
+
+def qemu_argv(kernel: KernelImage, initrd: Path, share: Path, accel: str,
+              config: GuestConfig) -> list[str]:
+    cmdline = " ".join((*BASE_CMDLINE, *config.extra_cmdline))
+    accel_args = (["-accel", "kvm", "-cpu", "host"] if accel == "kvm"
+                  else ["-accel", "tcg,thread=multi", "-cpu", "max"])
+    return [
+        QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-machine", "pc", *accel_args,
+        "-m", str(config.memory_mb), "-smp", str(config.cpus),
+        "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+        "-kernel", str(kernel.boot_image(config.prefer_vmlinux)),
+        "-initrd", str(initrd), "-append", cmdline,
+        "-virtfs", f"local,path=/,mount_tag={initramfs.ROOT_TAG},security_model=none,"
+                   "readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={share},mount_tag={initramfs.RESULTS_TAG},"
+                   "security_model=none,multidevs=remap",
+    ]
+
+
+class _ConsoleReader(threading.Thread):
+    """Collects the serial console and notes when the job-start marker went by."""
+
+    def __init__(self, stream, started: float) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.started = started
+        self.lines: list[str] = []
+        self.job_started_at: float | None = None
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if self.job_started_at is None and line.startswith(initramfs.START_MARKER):
+                self.job_started_at = time.monotonic() - self.started
+            self.lines.append(line)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _failure_detail(console: list[str]) -> str:
+    for line in reversed(console):
+        if "Kernel panic" in line or line.startswith("uffdharness-init:"):
+            return line.strip()
+    return "qemu exited before the job reported an exit code"
+
+
+def run_in_guest(kernel: KernelImage, argv: Sequence[str], timeout: float,
+                 env: dict[str, str] | None = None, *, cwd: str = "/",
+                 config: GuestConfig | None = None) -> GuestResult:
+    """Boot `kernel`, run `argv` in the host's root file system, and return what happened."""
+    from . import kvmprobe  # the probe itself boots a guest through this module
+
+    config = config or GuestConfig()
+    if kernel.is_host:
+        return run_on_host(argv, timeout, env, cwd=cwd)
+    accel = config.accel or kvmprobe.default_accel(kernel)
+    initrd = initramfs.cached(kernel)
+    share = Path(tempfile.mkdtemp(prefix="uffdharness-guest-"))
+    try:
+        (share / RESULTS_SUBDIR).mkdir()
+        (share / "job.sh").write_text(job_script(argv, guest_environment(env), cwd))
+        return _boot(qemu_argv(kernel, initrd, share, accel, config), share, timeout, accel)
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
+
+
+def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestResult:
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    reader = _ConsoleReader(proc.stdout, started)
+    reader.start()
+    hung = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        hung = True
+        proc.kill()
+        proc.wait()
+    finally:
+        reader.join(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()
+    total_s = time.monotonic() - started
+    exit_text = _read_text(share / "exit_code").strip()
+    files = {path.name: path.read_bytes()
+             for path in sorted((share / RESULTS_SUBDIR).iterdir()) if path.is_file()}
+    result = GuestResult(
+        status="ok", exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+        stdout=_read_text(share / "stdout"), stderr=_read_text(share / "stderr"),
+        console_tail="\n".join(reader.lines[-CONSOLE_TAIL_LINES:]), files=files,
+        boot_s=reader.job_started_at, total_s=total_s, accel=accel,
+    )
+    if hung:
+        result.status = "hang"
+        result.detail = f"killed after {timeout:.0f} s"
+    elif result.exit_code is None:
+        result.status = "error"
+        result.detail = _failure_detail(reader.lines) + f" (qemu exit {proc.returncode})"
+    return result
+
+
+def run_on_host(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None, *,
+                cwd: str = "/") -> GuestResult:
+    """The `host` kernel: run `argv` directly, with the same result shape and results dir."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="uffdharness-host-") as results:
+        full_env = dict(os.environ, UFFDHARNESS_RESULTS=results, **(env or {}))
+        try:
+            proc = subprocess.run(list(argv), cwd=cwd, env=full_env, capture_output=True,
+                                  text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return GuestResult("hang", None, _as_text(exc.stdout), _as_text(exc.stderr), "",
+                               total_s=time.monotonic() - started, accel="host",
+                               detail=f"killed after {timeout:.0f} s")
+        files = {p.name: p.read_bytes() for p in sorted(Path(results).iterdir()) if p.is_file()}
+    return GuestResult("ok", proc.returncode, proc.stdout, proc.stderr, "", files, 0.0,
+                       time.monotonic() - started, "host")
+
+
+def _as_text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""

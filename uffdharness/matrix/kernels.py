@@ -1,0 +1,271 @@
+"""Turn a kernel SPEC into a bootable KernelImage, fetching Debian kernels into a local cache.
+
+Cache layout under cachedir.cache_root():
+    apt/                         private apt setup (privateapt.PrivateApt)
+    debian/<release>_<version>/  root/ (dpkg-deb -x of the packages, depmod run),
+                                 vmlinux (when worth having), kernel.json (metadata)
+    local/<sha256 prefix>/       artefacts for a kernel given by path
+    locks/                       flock files, one per cache entry
+A complete entry is one with kernel.json; everything else is rebuilt under the entry's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bzimage, debindex, debversion
+from .aptmirror import host_mirror
+from .cachedir import cache_root, locked, write_atomic
+from .kernelspec import KernelSpec, SpecKind, parse
+from .privateapt import DEFAULT_MAX_AGE_S, AptError, PrivateApt
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(f"uffdharness matrix: {message}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    spec: str
+    release: str  # what `uname -r` prints in the guest
+    kernel: Path | None  # bzImage or ELF as found; None for the host kernel
+    vmlinux: Path | None  # uncompressed ELF with a PVH entry, when one was made
+    modules_dir: Path | None  # .../lib/modules/<release> with modules.dep
+    package_version: str | None  # Debian package version
+    cache_dir: Path | None  # where per-kernel artefacts (initramfs) are kept
+
+    @property
+    def is_host(self) -> bool:
+        return self.kernel is None
+
+    def boot_image(self, prefer_vmlinux: bool = True) -> Path:
+        if self.kernel is None:
+            raise ValueError("the host kernel is not booted in qemu")
+        return self.vmlinux if (prefer_vmlinux and self.vmlinux) else self.kernel
+
+
+class KernelFetchError(RuntimeError):
+    pass
+
+
+def resolve(spec: str | KernelSpec, *, cache: Path | None = None,
+            max_list_age_s: float = DEFAULT_MAX_AGE_S, log: Log = _stderr_log) -> KernelImage:
+    """A KernelImage for `spec`, downloading and preparing a Debian kernel if needed."""
+    spec = parse(spec) if isinstance(spec, str) else spec
+    cache = cache or cache_root()
+    if spec.kind is SpecKind.HOST:
+        release = os.uname().release
+        modules = Path("/lib/modules") / release
+        return KernelImage(spec.text, release, None, None,
+                           modules if modules.is_dir() else None, None, None)
+    if spec.kind is SpecKind.PATH:
+        return _local_kernel(spec, cache)
+    return _debian_kernel(spec, cache, max_list_age_s, log)
+
+
+# --- kernels given by path -------------------------------------------------------------
+
+def _local_kernel(spec: KernelSpec, cache: Path) -> KernelImage:
+    assert spec.kernel_path is not None
+    kernel = spec.kernel_path.resolve()
+    if not kernel.is_file():
+        raise KernelFetchError(f"{spec.text}: no kernel image at {kernel}")
+    release = bzimage.release_of(kernel)
+    modules_dir = spec.modules_dir
+    if modules_dir is None:
+        for candidate in (kernel.parent.parent / "lib" / "modules" / release,
+                          Path("/lib/modules") / release):
+            if (candidate / "modules.dep").is_file():
+                modules_dir = candidate
+                break
+    elif not (modules_dir / "modules.dep").is_file():
+        raise KernelFetchError(
+            f"{modules_dir} has no modules.dep; run: depmod -b <root> {release}")
+    digest = hashlib.sha256(kernel.read_bytes()).hexdigest()[:16]
+    entry = cache / "local" / digest
+    with locked(cache / "locks" / f"local-{digest}.lock"):
+        entry.mkdir(parents=True, exist_ok=True)
+        vmlinux = _make_vmlinux(kernel, entry)
+    return KernelImage(spec.text, release, kernel, vmlinux, modules_dir, None, entry)
+
+
+def _make_vmlinux(kernel: Path, entry: Path) -> Path | None:
+    """An uncompressed, PVH-bootable copy of `kernel` in `entry` (made once), else None.
+
+    Booting it skips the in-guest decompression, which is slow under TCG.
+    """
+    target = entry / "vmlinux"
+    marker = entry / "vmlinux.unavailable"
+    if target.is_file():
+        return target
+    if marker.is_file():
+        return None
+    data = kernel.read_bytes()
+    if data[:4] == bzimage.ELF_MAGIC:
+        return kernel if bzimage.has_pvh_entry(data) else None
+    try:
+        elf = bzimage.extract_vmlinux(data)
+    except (ValueError, RuntimeError) as exc:
+        marker.write_text(f"{exc}\n")
+        return None
+    if not bzimage.has_pvh_entry(elf):
+        marker.write_text("no PVH entry note (CONFIG_PVH is off)\n")
+        return None
+    write_atomic(target, elf)
+    return target
+
+
+# --- Debian kernels --------------------------------------------------------------------
+
+def _entries(cache: Path) -> list[dict]:
+    found = []
+    for meta in sorted((cache / "debian").glob("*/kernel.json")):
+        try:
+            found.append(json.loads(meta.read_text()) | {"dir": str(meta.parent)})
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _cached_match(spec: KernelSpec, cache: Path) -> dict | None:
+    """A complete cache entry for an exact spec (version or package), needing no apt at all."""
+    for meta in _entries(cache):
+        if spec.kind is SpecKind.DEBIAN_VERSION and meta["version"] == spec.value:
+            return meta
+        if spec.kind is SpecKind.DEBIAN_PACKAGE and meta["image_package"] == spec.value:
+            return meta
+    return None
+
+
+def _newest_cached(spec: KernelSpec, cache: Path) -> dict | None:
+    """Offline fallback for an alias: the newest cached kernel it would have matched."""
+    records = [debindex.PackageRecord(m["image_package"], m["version"]) for m in _entries(cache)]
+    try:
+        chosen = debindex.select(spec, records)
+    except LookupError:
+        return None
+    return next(m for m in _entries(cache) if m["version"] == chosen.version
+                and m["image_package"] == chosen.name)
+
+
+def _image_from_meta(spec: KernelSpec, meta: dict) -> KernelImage:
+    entry = Path(meta["dir"])
+    vmlinux = entry / "vmlinux"
+    return KernelImage(
+        spec.text, meta["release"], entry / meta["kernel"],
+        vmlinux if vmlinux.is_file() else None, entry / meta["modules_dir"],
+        meta["version"], entry,
+    )
+
+
+def _lookup(spec: KernelSpec, apt: PrivateApt, max_list_age_s: float,
+            log: Log) -> debindex.KernelPackages:
+    report = apt.update(max_list_age_s)
+    if report.ran:
+        log(f"apt-get update ({apt.mirror.archive}): {'ok' if report.ok else 'FAILED'}")
+    for problem in report.problems:
+        log(f"apt: {problem}")
+    names = [n for n in apt.search_names(debindex.IMAGE_NAME_REGEX)
+             if debindex.is_generic_image(n)]
+    records = debindex.parse_records(apt.show(names))
+    return debindex.packages_for(debindex.select(spec, records))
+
+
+def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float,
+                   log: Log) -> KernelImage:
+    meta = _cached_match(spec, cache)
+    if meta:
+        return _image_from_meta(spec, meta)
+    apt = PrivateApt(cache / "apt", host_mirror())
+    try:
+        with locked(cache / "locks" / "apt.lock"):
+            packages = _lookup(spec, apt, max_list_age_s, log)
+    except (AptError, OSError, subprocess.SubprocessError) as exc:
+        fallback = _newest_cached(spec, cache)
+        if fallback is None:
+            raise KernelFetchError(f"{spec.text}: {exc}") from exc
+        log(f"{spec.text}: apt unavailable ({exc}); using cached {fallback['version']}")
+        return _image_from_meta(spec, fallback)
+    except LookupError as exc:
+        raise KernelFetchError(str(exc)) from exc
+    key = f"{packages.release}_{packages.image.version}"
+    entry = cache / "debian" / key
+    with locked(cache / "locks" / f"debian-{key}.lock"):
+        if not (entry / "kernel.json").is_file():
+            _prepare_debian_entry(packages, apt, entry, log)
+    return _image_from_meta(spec, json.loads((entry / "kernel.json").read_text())
+                            | {"dir": str(entry)})
+
+
+def _find_kernel(root: Path, release: str) -> Path:
+    for candidate in (root / "boot" / f"vmlinuz-{release}",
+                      root / "usr" / "lib" / "modules" / release / "vmlinuz",
+                      root / "lib" / "modules" / release / "vmlinuz"):
+        if candidate.is_file():
+            return candidate
+    raise KernelFetchError(f"no vmlinuz for {release} in the extracted packages")
+
+
+def _prepare_debian_entry(packages: debindex.KernelPackages, apt: PrivateApt, entry: Path,
+                          log: Log) -> None:
+    release = packages.release
+    shutil.rmtree(entry, ignore_errors=True)
+    downloads = entry / "downloads"
+    root = entry / "root"
+    started = time.monotonic()
+    log(f"downloading {', '.join(f'{n}={v}' for n, v in packages.downloads)}")
+    apt.download(list(packages.downloads), downloads)
+    debs = sorted(downloads.glob("*.deb"))
+    download_s = time.monotonic() - started
+    download_bytes = sum(deb.stat().st_size for deb in debs)
+    started = time.monotonic()
+    root.mkdir(parents=True)
+    for deb in debs:
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    if not (root / "lib").exists() and (root / "usr" / "lib" / "modules").is_dir():
+        # Merged-/usr packages (7.x): depmod -b looks in <root>/lib/modules.
+        (root / "lib").symlink_to("usr/lib")
+    modules_dir = root / "lib" / "modules" / release
+    # The packages ship no modules.dep; apt's postinst would run depmod on install.
+    subprocess.run(["depmod", "-b", str(root), release], check=True)
+    kernel = _find_kernel(root, release)
+    vmlinux = _make_vmlinux(kernel, entry)
+    shutil.rmtree(downloads)
+    meta = {
+        "release": release,
+        "version": packages.image.version,
+        "image_package": packages.image.name,
+        "downloaded": [f"{n}={v}" for n, v in packages.downloads],
+        "split_layout": packages.split_layout,
+        "kernel": str(kernel.relative_to(entry)),
+        "modules_dir": str(modules_dir.relative_to(entry)),
+        "compression": bzimage.payload_compression(kernel.read_bytes()),
+        "vmlinux": vmlinux is not None,
+        "download_bytes": download_bytes,
+        "download_s": round(download_s, 2),
+        "prepare_s": round(time.monotonic() - started, 2),
+        "mirror": apt.mirror.archive,
+    }
+    log(f"{release}: {download_bytes / 1e6:.0f} MB in {download_s:.1f} s, "
+        f"prepared in {meta['prepare_s']} s")
+    write_atomic(entry / "kernel.json", json.dumps(meta, indent=2).encode())
+
+
+def cached_kernels(cache: Path | None = None) -> list[KernelImage]:
+    """Every complete Debian kernel in the cache, oldest version first."""
+    metas = sorted(_entries(cache or cache_root()),
+                   key=lambda m: debversion.sort_key(m["version"]))
+    return [_image_from_meta(parse(f"debian:{m['version']}"), m) for m in metas]
+
+
