@@ -1,0 +1,200 @@
+"""userfaultfd ABI constants as enums whose names print in messages.
+
+Values come from the vendored UAPI in cext/uffd_abi.h through the compiled module, so the
+header is the single source of truth.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+from ._native import ffi, lib
+
+UFFD_API = lib.UH_UFFD_API
+MSG_SIZE = ffi.sizeof("struct uh_uffd_msg")
+
+
+class Feature(IntFlag):
+    """uffdio_api.features bits."""
+
+    PAGEFAULT_FLAG_WP = lib.UH_UFFD_FEATURE_PAGEFAULT_FLAG_WP
+    EVENT_FORK = lib.UH_UFFD_FEATURE_EVENT_FORK
+    EVENT_REMAP = lib.UH_UFFD_FEATURE_EVENT_REMAP
+    EVENT_REMOVE = lib.UH_UFFD_FEATURE_EVENT_REMOVE
+    MISSING_HUGETLBFS = lib.UH_UFFD_FEATURE_MISSING_HUGETLBFS
+    MISSING_SHMEM = lib.UH_UFFD_FEATURE_MISSING_SHMEM
+    EVENT_UNMAP = lib.UH_UFFD_FEATURE_EVENT_UNMAP
+    SIGBUS = lib.UH_UFFD_FEATURE_SIGBUS
+    THREAD_ID = lib.UH_UFFD_FEATURE_THREAD_ID
+    MINOR_HUGETLBFS = lib.UH_UFFD_FEATURE_MINOR_HUGETLBFS
+    MINOR_SHMEM = lib.UH_UFFD_FEATURE_MINOR_SHMEM
+    EXACT_ADDRESS = lib.UH_UFFD_FEATURE_EXACT_ADDRESS
+    WP_HUGETLBFS_SHMEM = lib.UH_UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+    WP_UNPOPULATED = lib.UH_UFFD_FEATURE_WP_UNPOPULATED
+    POISON = lib.UH_UFFD_FEATURE_POISON
+    WP_ASYNC = lib.UH_UFFD_FEATURE_WP_ASYNC
+    MOVE = lib.UH_UFFD_FEATURE_MOVE
+
+
+# Mainline release that added each feature (DESIGN.md section 4); used in skip reasons.
+FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
+    Feature.PAGEFAULT_FLAG_WP: (5, 10),
+    Feature.EVENT_FORK: (4, 11),
+    Feature.EVENT_REMAP: (4, 11),
+    Feature.EVENT_REMOVE: (4, 11),
+    Feature.MISSING_HUGETLBFS: (4, 11),
+    Feature.MISSING_SHMEM: (4, 11),
+    Feature.EVENT_UNMAP: (4, 11),
+    Feature.SIGBUS: (4, 14),
+    Feature.THREAD_ID: (4, 14),
+    Feature.MINOR_HUGETLBFS: (5, 13),
+    Feature.MINOR_SHMEM: (5, 14),
+    Feature.EXACT_ADDRESS: (5, 18),
+    Feature.WP_HUGETLBFS_SHMEM: (5, 19),
+    Feature.WP_UNPOPULATED: (6, 4),
+    Feature.POISON: (6, 6),
+    Feature.WP_ASYNC: (6, 7),
+    Feature.MOVE: (6, 8),
+}
+
+ALL_FEATURES = Feature(0)
+for _feature in Feature:
+    ALL_FEATURES |= _feature
+
+
+class IoctlNr(IntEnum):
+    """_UFFDIO_* ioctl numbers; bit N of an ioctls mask means ioctl N is allowed."""
+
+    REGISTER = lib.UH__UFFDIO_REGISTER
+    UNREGISTER = lib.UH__UFFDIO_UNREGISTER
+    WAKE = lib.UH__UFFDIO_WAKE
+    COPY = lib.UH__UFFDIO_COPY
+    ZEROPAGE = lib.UH__UFFDIO_ZEROPAGE
+    MOVE = lib.UH__UFFDIO_MOVE
+    WRITEPROTECT = lib.UH__UFFDIO_WRITEPROTECT
+    CONTINUE = lib.UH__UFFDIO_CONTINUE
+    POISON = lib.UH__UFFDIO_POISON
+    API = lib.UH__UFFDIO_API
+
+
+class Ioctl(IntFlag):
+    """Masks returned in uffdio_api.ioctls and uffdio_register.ioctls."""
+
+    REGISTER = 1 << lib.UH__UFFDIO_REGISTER
+    UNREGISTER = 1 << lib.UH__UFFDIO_UNREGISTER
+    WAKE = 1 << lib.UH__UFFDIO_WAKE
+    COPY = 1 << lib.UH__UFFDIO_COPY
+    ZEROPAGE = 1 << lib.UH__UFFDIO_ZEROPAGE
+    MOVE = 1 << lib.UH__UFFDIO_MOVE
+    WRITEPROTECT = 1 << lib.UH__UFFDIO_WRITEPROTECT
+    CONTINUE = 1 << lib.UH__UFFDIO_CONTINUE
+    POISON = 1 << lib.UH__UFFDIO_POISON
+    API = 1 << lib.UH__UFFDIO_API
+
+
+class IoctlRequest(IntEnum):
+    """Full ioctl(2) request codes (direction, size, type 0xAA, number)."""
+
+    API = lib.UH_UFFDIO_API
+    REGISTER = lib.UH_UFFDIO_REGISTER
+    UNREGISTER = lib.UH_UFFDIO_UNREGISTER
+    WAKE = lib.UH_UFFDIO_WAKE
+    COPY = lib.UH_UFFDIO_COPY
+    ZEROPAGE = lib.UH_UFFDIO_ZEROPAGE
+    MOVE = lib.UH_UFFDIO_MOVE
+    WRITEPROTECT = lib.UH_UFFDIO_WRITEPROTECT
+    CONTINUE = lib.UH_UFFDIO_CONTINUE
+    POISON = lib.UH_UFFDIO_POISON
+    USERFAULTFD_IOC_NEW = lib.UH_USERFAULTFD_IOC_NEW
+    PAGEMAP_SCAN = lib.UH_PAGEMAP_SCAN
+
+
+class RegisterMode(IntFlag):
+    MISSING = lib.UH_UFFDIO_REGISTER_MODE_MISSING
+    WP = lib.UH_UFFDIO_REGISTER_MODE_WP
+    MINOR = lib.UH_UFFDIO_REGISTER_MODE_MINOR
+
+
+class CopyMode(IntFlag):
+    DONTWAKE = lib.UH_UFFDIO_COPY_MODE_DONTWAKE
+    WP = lib.UH_UFFDIO_COPY_MODE_WP
+
+
+class ZeropageMode(IntFlag):
+    DONTWAKE = lib.UH_UFFDIO_ZEROPAGE_MODE_DONTWAKE
+
+
+class WriteProtectMode(IntFlag):
+    WP = lib.UH_UFFDIO_WRITEPROTECT_MODE_WP
+    DONTWAKE = lib.UH_UFFDIO_WRITEPROTECT_MODE_DONTWAKE
+
+
+class ContinueMode(IntFlag):
+    DONTWAKE = lib.UH_UFFDIO_CONTINUE_MODE_DONTWAKE
+    WP = lib.UH_UFFDIO_CONTINUE_MODE_WP
+
+
+class PoisonMode(IntFlag):
+    DONTWAKE = lib.UH_UFFDIO_POISON_MODE_DONTWAKE
+
+
+class MoveMode(IntFlag):
+    DONTWAKE = lib.UH_UFFDIO_MOVE_MODE_DONTWAKE
+    ALLOW_SRC_HOLES = lib.UH_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES
+
+
+class FaultFlag(IntFlag):
+    """uffd_msg.arg.pagefault.flags."""
+
+    WRITE = lib.UH_UFFD_PAGEFAULT_FLAG_WRITE
+    WP = lib.UH_UFFD_PAGEFAULT_FLAG_WP
+    MINOR = lib.UH_UFFD_PAGEFAULT_FLAG_MINOR
+
+
+class EventType(IntEnum):
+    """uffd_msg.event."""
+
+    PAGEFAULT = lib.UH_UFFD_EVENT_PAGEFAULT
+    FORK = lib.UH_UFFD_EVENT_FORK
+    REMAP = lib.UH_UFFD_EVENT_REMAP
+    REMOVE = lib.UH_UFFD_EVENT_REMOVE
+    UNMAP = lib.UH_UFFD_EVENT_UNMAP
+
+
+class OpenFlag(IntFlag):
+    """Flags of userfaultfd(2) and USERFAULTFD_IOC_NEW."""
+
+    CLOEXEC = 0o2000000  # O_CLOEXEC
+    NONBLOCK = 0o4000  # O_NONBLOCK
+    USER_MODE_ONLY = lib.UH_UFFD_USER_MODE_ONLY
+
+
+class PageCategory(IntFlag):
+    """PAGEMAP_SCAN page_region.categories (6.7)."""
+
+    WPALLOWED = lib.UH_PAGE_IS_WPALLOWED
+    WRITTEN = lib.UH_PAGE_IS_WRITTEN
+    FILE = lib.UH_PAGE_IS_FILE
+    PRESENT = lib.UH_PAGE_IS_PRESENT
+    SWAPPED = lib.UH_PAGE_IS_SWAPPED
+    PFNZERO = lib.UH_PAGE_IS_PFNZERO
+    HUGE = lib.UH_PAGE_IS_HUGE
+    SOFT_DIRTY = lib.UH_PAGE_IS_SOFT_DIRTY
+
+
+class ScanFlag(IntFlag):
+    WP_MATCHING = lib.UH_PM_SCAN_WP_MATCHING
+    CHECK_WPASYNC = lib.UH_PM_SCAN_CHECK_WPASYNC
+
+
+def flag_names(value: IntFlag) -> list[str]:
+    """Names of the set bits, unknown bits as hex: stable output for reports."""
+    names = [member.name for member in type(value) if member in value and member.name]
+    known = 0
+    for member in type(value):
+        if member in value:
+            known |= member.value
+    unknown = int(value) & ~known
+    if unknown:
+        names.append(hex(unknown))
+    return names
