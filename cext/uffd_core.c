@@ -70,11 +70,16 @@ int uh_copy_in(void *dst, const void *src, size_t len)
     return 0;
 }
 
-/* volatile: the compiler must not drop a read whose only purpose is to fault. */
+/*
+ * volatile: the compiler must not drop an access whose only purpose is to fault.
+ * A write touch is an atomic add of 0: one locked read-modify-write instruction, so the
+ * first fault the kernel sees is a write fault (UFFD_PAGEFAULT_FLAG_WRITE) and the data
+ * is unchanged. A plain "*p = *p" would raise a read fault first.
+ */
 static inline void touch_one(char *p, int write)
 {
     if (write)
-        *(volatile char *)p = *(volatile char *)p;
+        __atomic_fetch_add((volatile char *)p, 0, __ATOMIC_RELAXED);
     else
         (void)*(volatile char *)p;
 }
@@ -149,4 +154,17 @@ long uh_find_indexed_mismatch(const char *src, size_t len, size_t page_size, uin
         if (w[i] != indexed_word(seed, first_page + i / words_per_page, i % words_per_page))
             return (long)(i * sizeof(uint64_t));
     return -1;
+}
+
+/*
+ * fork() whose child _exit()s at once, without running any Python: lets a test trigger
+ * UFFD_EVENT_FORK (the parent's fork() blocks until the event is read) from a thread that
+ * does not hold the GIL.
+ */
+int uh_fork_and_exit(int exit_code)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(exit_code);
+    return pid < 0 ? -errno : (int)pid;
 }

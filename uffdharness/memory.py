@@ -203,7 +203,8 @@ class Region:
 
     def pwrite(self, data: bytes, offset: int = 0) -> int:
         """Write the backing file directly: fills the page cache without touching the mapping
-        (how minor-fault tests populate shmem/hugetlb before CONTINUE)."""
+        (how minor-fault tests populate shmem before CONTINUE). hugetlbfs has no write(2)
+        and refuses with EINVAL: fill a shared alias() instead."""
         if self.fd < 0:
             raise HarnessError(f"{self.kind.value} region has no backing file")
         return os.pwrite(self.fd, data, offset)

@@ -184,13 +184,13 @@ class Userfaultfd:
         """UFFDIO_API. Unknown feature bits are refused by the kernel with EINVAL; this
         names them first by probing what the kernel offers."""
         features = Feature(features)
-        if features & ~ALL_FEATURES:
+        if int(features) & ~int(ALL_FEATURES):  # IntFlag's ~ only inverts known bits
             raise UffdError(
                 errno.EINVAL, "UFFDIO_API", detail=f"unknown feature bits {int(features):#x}"
             )
         if features:
             offered = probe_api().features
-            missing = features & ~offered
+            missing = Feature(int(features) & ~int(offered))
             if missing:
                 raise FeatureUnavailable(flag_names(missing), flag_names(offered))
         return self.api_raw(int(features))
