@@ -2,8 +2,9 @@
 
 Two layouts exist. Up to 6.18 `linux-image-<release>` is the whole kernel: /boot/vmlinuz-*
 and /lib/modules/<release>. From 6.19 (trixie-backports, sid) it is a metapackage depending
-on `linux-binary-<release>` (usr/lib/modules/<release>/vmlinuz) and
-`linux-modules-<release>`; those two are what we download.
+on `linux-binary-<release>` (usr/lib/modules/<release>/vmlinuz), `linux-modules-<release>`
+and `linux-base-<release>` (config, modules.builtin: without it every built-in module looks
+missing); those three are what we download.
 """
 
 from __future__ import annotations
@@ -102,10 +103,9 @@ def select(spec: KernelSpec, records: list[PackageRecord]) -> PackageRecord:
 
 def packages_for(image: PackageRecord) -> KernelPackages:
     release = image.release
-    binary, modules = f"linux-binary-{release}", f"linux-modules-{release}"
+    binary = f"linux-binary-{release}"
     if binary in image.depends:
-        downloads = [(binary, image.version)]
-        if modules in image.depends:
-            downloads.append((modules, image.version))
+        parts = (binary, f"linux-modules-{release}", f"linux-base-{release}")
+        downloads = [(name, image.version) for name in parts if name in image.depends]
         return KernelPackages(image, tuple(downloads), split_layout=True)
     return KernelPackages(image, ((image.name, image.version),), split_layout=False)
