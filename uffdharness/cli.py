@@ -109,8 +109,15 @@ def render_info(facts: SystemFacts) -> str:
 
 # ---- wiring ----------------------------------------------------------------------------
 
+def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    from uffdharness.run_command import add_run_parser as add
+
+    add(subparsers)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_info_parser,
+    add_run_parser,
 ]
 
 

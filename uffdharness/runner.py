@@ -1,0 +1,196 @@
+"""Run scenarios: one forked child per scenario x memory kind, under a timeout.
+
+One interpreter start per run; the hugepage pool is reserved once for the whole run and
+given back whatever happens. A hang, a signal or an exception becomes a verdict.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from .abi import Feature
+from .hugepages import HugepageError, HugepagePool
+from .isolation import run_in_child
+from .kernelversion import KernelVersion
+from .memory import MemoryKind
+from .scenarios.context import Context
+from .scenarios.model import BAD_VERDICTS, Observation, Scenario, Skip, Verdict
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass
+class Result:
+    id: str
+    memory: str
+    verdict: Verdict
+    reason: str = ""
+    key: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}[{self.memory}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "memory": self.memory,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "key": self.key,
+            "facts": self.facts,
+            "duration_s": round(self.duration_s, 4),
+        }
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    version: KernelVersion
+    offered: Feature
+    is_root: bool
+    uffd_error: str = ""
+
+
+def select(
+    catalogue: Iterable[Scenario],
+    pattern: str | None = None,
+    memory: Iterable[str] | None = None,
+) -> list[tuple[Scenario, str]]:
+    """Scenario x memory pairs to run. ``pattern`` matches ids as a glob or substring."""
+    kinds = set(memory) if memory else None
+    chosen = []
+    for item in catalogue:
+        if pattern and not (
+            fnmatch.fnmatchcase(item.id, pattern) or pattern in item.id
+        ):
+            continue
+        for kind in item.memory:
+            if kinds is None or kind in kinds:
+                chosen.append((item, kind))
+    return chosen
+
+
+def judge(item: Scenario, kernel: KernelVersion, observation: Observation) -> tuple[Verdict, str]:
+    if observation.ok:
+        return "pass", ""
+    bug = item.known_bug
+    if bug and observation.buggy:
+        if not bug.fixed_on(kernel):
+            return "known-bug", (
+                f"{bug.signature}; fixed in {bug.fixed_in} by '{bug.fix}', running {kernel}"
+            )
+        return "fail", (
+            f"shows the bug fixed in {bug.fixed_in} ('{bug.fix}') on {kernel}: "
+            f"{observation.reason}"
+        )
+    return "fail", observation.reason
+
+
+def _run_one(item: Scenario, kind: str, info: KernelInfo) -> Observation:
+    ctx = Context(MemoryKind(kind), info.version, info.offered)
+    try:
+        return item.run(ctx)
+    finally:
+        ctx.close()
+
+
+def run_pair(
+    item: Scenario, kind: str, info: KernelInfo, timeout: float, hugetlb_skip: str | None
+) -> Result:
+    started = time.monotonic()
+    reason = item.skip_reason(info.version, info.offered, info.is_root)
+    if info.uffd_error:
+        reason = f"userfaultfd unavailable: {info.uffd_error}"
+    if reason is None and MemoryKind(kind).is_hugetlb and hugetlb_skip:
+        reason = hugetlb_skip
+    if reason is not None:
+        return Result(item.id, kind, "skip", reason, key="skipped")
+    outcome = run_in_child(_run_one, item, kind, info, timeout=item.timeout or timeout)
+    duration = time.monotonic() - started
+    if outcome.status == "timeout":
+        return Result(
+            item.id, kind, "hang", f"no verdict within {outcome.duration_s:.1f} s (killed)",
+            key="hang", duration_s=duration,
+        )
+    if outcome.status == "crashed":
+        import signal
+
+        what = (
+            f"scenario process killed by {signal.Signals(outcome.signal).name}"
+            if outcome.signal
+            else f"scenario process exited {outcome.exit_code} without a result"
+        )
+        return Result(item.id, kind, "error", what, key="crashed", duration_s=duration)
+    if outcome.status == "raised":
+        exc = outcome.exception
+        if isinstance(exc, Skip):
+            return Result(item.id, kind, "skip", str(exc), key="skipped", duration_s=duration)
+        return Result(
+            item.id, kind, "error", f"{type(exc).__name__}: {exc}",
+            key="harness error", facts={"traceback": outcome.traceback}, duration_s=duration,
+        )
+    observation: Observation = outcome.value
+    verdict, reason = judge(item, info.version, observation)
+    return Result(
+        item.id, kind, verdict, reason, observation.key, observation.facts, duration
+    )
+
+
+def kernel_info() -> KernelInfo:
+    from .system import kernel_version
+    from .uffd import probe_api
+
+    try:
+        offered = probe_api().features
+        error = ""
+    except OSError as exc:
+        offered, error = Feature(0), str(exc)
+    return KernelInfo(kernel_version(), offered, os.geteuid() == 0, error)
+
+
+def _reserve_hugepages(stack: ExitStack, pairs, count_override: int | None) -> str | None:
+    """Reserve the largest hugetlb need of the selection once; the skip reason if we can't."""
+    needs = [item.hugepages for item, kind in pairs if MemoryKind(kind).is_hugetlb]
+    if not needs:
+        return None
+    count = count_override or max(needs)
+    try:
+        stack.enter_context(HugepagePool(count))
+    except HugepageError as exc:
+        return f"cannot reserve {count} x 2 MiB hugepages: {exc}"
+    return None
+
+
+def run(
+    pairs: list[tuple[Scenario, str]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    info: KernelInfo | None = None,
+    progress: Callable[[int, int, Result | None, str], None] | None = None,
+) -> list[Result]:
+    info = info or kernel_info()
+    results: list[Result] = []
+    with ExitStack() as stack:
+        hugetlb_skip = _reserve_hugepages(stack, pairs, None) if info.is_root else (
+            "hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages"
+        )
+        for index, (item, kind) in enumerate(pairs):
+            if progress:
+                progress(index, len(pairs), None, f"{item.id}[{kind}]")
+            result = run_pair(item, kind, info, timeout, hugetlb_skip)
+            results.append(result)
+            if progress:
+                progress(index + 1, len(pairs), result, result.name)
+    return results
+
+
+def exit_status(results: Iterable[Result]) -> int:
+    return 1 if any(r.verdict in BAD_VERDICTS for r in results) else 0
