@@ -70,9 +70,7 @@ class Scenario:
     hugepages: int = 4  # 2 MiB pages a hugetlb run of this scenario maps at most
     known_bug: KnownBug | None = None
 
-    def skip_reason(
-        self, kernel: KernelVersion, offered: Feature, is_root: bool
-    ) -> str | None:
+    def skip_reason(self, kernel: KernelVersion, offered: Feature, is_root: bool) -> str | None:
         if self.min_kernel and kernel < parse_version(self.min_kernel):
             return f"needs kernel >= {self.min_kernel}, running {kernel}"
         missing = Feature(int(self.features) & ~int(offered))
