@@ -27,7 +27,9 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         "--memory", action="append", choices=ALL_KINDS, help="only this memory kind (repeatable)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT,
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
         help=f"seconds per scenario x memory before it counts as a hang ({DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")

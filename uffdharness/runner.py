@@ -68,9 +68,7 @@ def select(
     kinds = set(memory) if memory else None
     chosen = []
     for item in catalogue:
-        if pattern and not (
-            fnmatch.fnmatchcase(item.id, pattern) or pattern in item.id
-        ):
+        if pattern and not (fnmatch.fnmatchcase(item.id, pattern) or pattern in item.id):
             continue
         for kind in item.memory:
             if kinds is None or kind in kinds:
@@ -88,8 +86,7 @@ def judge(item: Scenario, kernel: KernelVersion, observation: Observation) -> tu
                 f"{bug.signature}; fixed in {bug.fixed_in} by '{bug.fix}', running {kernel}"
             )
         return "fail", (
-            f"shows the bug fixed in {bug.fixed_in} ('{bug.fix}') on {kernel}: "
-            f"{observation.reason}"
+            f"shows the bug fixed in {bug.fixed_in} ('{bug.fix}') on {kernel}: {observation.reason}"
         )
     return "fail", observation.reason
 
@@ -117,8 +114,12 @@ def run_pair(
     duration = time.monotonic() - started
     if outcome.status == "timeout":
         return Result(
-            item.id, kind, "hang", f"no verdict within {outcome.duration_s:.1f} s (killed)",
-            key="hang", duration_s=duration,
+            item.id,
+            kind,
+            "hang",
+            f"no verdict within {outcome.duration_s:.1f} s (killed)",
+            key="hang",
+            duration_s=duration,
         )
     if outcome.status == "crashed":
         import signal
@@ -134,14 +135,17 @@ def run_pair(
         if isinstance(exc, Skip):
             return Result(item.id, kind, "skip", str(exc), key="skipped", duration_s=duration)
         return Result(
-            item.id, kind, "error", f"{type(exc).__name__}: {exc}",
-            key="harness error", facts={"traceback": outcome.traceback}, duration_s=duration,
+            item.id,
+            kind,
+            "error",
+            f"{type(exc).__name__}: {exc}",
+            key="harness error",
+            facts={"traceback": outcome.traceback},
+            duration_s=duration,
         )
     observation: Observation = outcome.value
     verdict, reason = judge(item, info.version, observation)
-    return Result(
-        item.id, kind, verdict, reason, observation.key, observation.facts, duration
-    )
+    return Result(item.id, kind, verdict, reason, observation.key, observation.facts, duration)
 
 
 def kernel_info() -> KernelInfo:
@@ -179,8 +183,10 @@ def run(
     info = info or kernel_info()
     results: list[Result] = []
     with ExitStack() as stack:
-        hugetlb_skip = _reserve_hugepages(stack, pairs, None) if info.is_root else (
-            "hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages"
+        hugetlb_skip = (
+            _reserve_hugepages(stack, pairs, None)
+            if info.is_root
+            else ("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
         )
         for index, (item, kind) in enumerate(pairs):
             if progress:
