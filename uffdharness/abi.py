@@ -62,6 +62,21 @@ for _feature in Feature:
     ALL_FEATURES |= _feature
 
 
+# Features that change no behaviour unless used: no EVENT_* (each blocks the triggering
+# syscall until its message is read), no SIGBUS, WP_ASYNC, WP_UNPOPULATED or EXACT_ADDRESS.
+PASSIVE_FEATURES = (
+    Feature.PAGEFAULT_FLAG_WP
+    | Feature.MISSING_HUGETLBFS
+    | Feature.MISSING_SHMEM
+    | Feature.MINOR_HUGETLBFS
+    | Feature.MINOR_SHMEM
+    | Feature.WP_HUGETLBFS_SHMEM
+    | Feature.THREAD_ID
+    | Feature.POISON
+    | Feature.MOVE
+)
+
+
 class IoctlNr(IntEnum):
     """_UFFDIO_* ioctl numbers; bit N of an ioctls mask means ioctl N is allowed."""
 
