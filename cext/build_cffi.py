@@ -17,7 +17,8 @@ for cdef_file in sorted(HERE.glob("*.cdef")):
 headers = "\n".join(f'#include "{h.name}"' for h in sorted(HERE.glob("*.h")))
 ffibuilder.set_source(
     "uffdharness._native",
-    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n#include <sys/mman.h>\n#include <fcntl.h>\n" + headers,
+    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n"
+    "#include <sys/mman.h>\n#include <fcntl.h>\n" + headers,
     sources=[str(c.relative_to(HERE.parent)) for c in sorted(HERE.glob("*.c"))],
     include_dirs=[str(HERE.relative_to(HERE.parent))],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -1,7 +1,8 @@
 """The vendored ABI matches the kernel's numbers (checked against the running kernel too)."""
 
-from uffdharness import abi
 from uffdharness._native import ffi
+
+from uffdharness import abi
 
 
 def test_struct_sizes_match_uapi():

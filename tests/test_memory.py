@@ -10,7 +10,7 @@ from conftest import ALL_KINDS, open_fds
 from uffdharness import maps
 from uffdharness import syscalls as sc
 from uffdharness.errors import UffdError
-from uffdharness.memory import HUGE_PAGE_SIZE, PAGE_SIZE, MemoryKind, allocate
+from uffdharness.memory import PAGE_SIZE, MemoryKind, allocate
 
 
 def vmas_around(region, pages_each_side: int = 1):

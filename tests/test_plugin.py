@@ -61,17 +61,16 @@ def test_readme_style_custom_check(pytester):
 def test_requires_hugepages_reserves_and_restores(pytester):
     before = counts().persistent
     pytester.makepyfile(
-        """
+        f"""
         import pytest
         from uffdharness.hugepages import counts
 
         @pytest.mark.requires_hugepages(3)
         def test_pool(region_factory):
-            assert counts().persistent >= %d + 3
+            assert counts().persistent >= {before} + 3
             region = region_factory("hugetlb", 3)
             region.fill(b"h")
         """
-        % before
     )
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert counts().persistent == before

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 from conftest import ALL_KINDS, PASSIVE_FEATURES, open_fds
+from uffdharness._native import lib
 
 from uffdharness import syscalls as sc
-from uffdharness._native import lib
 from uffdharness.abi import (
     ContinueMode,
     CopyMode,

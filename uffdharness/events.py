@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from .abi import EventType, FaultFlag
 
@@ -78,4 +78,4 @@ class UnknownEvent:
     raw: bytes
 
 
-Event = Union[PagefaultEvent, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent, UnknownEvent]
+Event = PagefaultEvent | ForkEvent | RemapEvent | RemoveEvent | UnmapEvent | UnknownEvent

@@ -155,25 +155,10 @@ def _bracketed(setting: str | None) -> str | None:
     return setting
 
 
-def _flag_names(value: int) -> tuple[str, ...]:
-    """Names of the single-bit members set in an IntFlag value; unnamed bits as "bitN"."""
-    remaining = int(value)
-    names = []
-    for name, member in getattr(type(value), "__members__", {}).items():
-        bit = int(member)
-        if bit and bit & (bit - 1) == 0 and remaining & bit:
-            names.append(name)
-            remaining &= ~bit
-    while remaining:
-        lowest = remaining & -remaining
-        names.append(f"bit{lowest.bit_length() - 1}")
-        remaining &= ~lowest
-    return tuple(sorted(names))
-
-
 def probe_uffd_api() -> UffdApiFacts:
     """Features and ioctls the running kernel grants, or the reason none could be probed."""
     try:
+        from uffdharness.abi import flag_names
         from uffdharness.uffd import probe_api
     except ImportError as error:
         return UffdApiFacts(status=f"unavailable: {error}")
@@ -184,8 +169,8 @@ def probe_uffd_api() -> UffdApiFacts:
     return UffdApiFacts(
         status="available",
         opened_via=probe.opened_via,
-        features=_flag_names(probe.features),
-        ioctls=_flag_names(probe.ioctls),
+        features=tuple(sorted(flag_names(probe.features))),
+        ioctls=tuple(sorted(flag_names(probe.ioctls))),
         features_mask=int(probe.features),
         ioctls_mask=int(probe.ioctls),
     )
