@@ -127,3 +127,21 @@ def test_missing_keyring_is_explained(tmp_path):
     apt = PrivateApt(tmp_path / "apt", MIRROR, tmp_path / "absent.gpg")
     with pytest.raises(RuntimeError, match="apt-get install -y debian-archive-keyring"):
         apt.write_config()
+
+
+def test_unverifiable_suite_is_reported_and_the_rest_still_counts(tmp_path, monkeypatch):
+    apt = _apt(tmp_path)
+    stderr = ("W: GPG error: http://m/debian bullseye InRelease: ... NO_PUBKEY 0E98404D386FA1D9\n"
+              "E: The repository 'http://m/debian bullseye InRelease' is not signed.\n")
+
+    def fake_run(argv, cwd=None, timeout=300):
+        lists = tmp_path / "apt" / "state" / "lists"
+        (lists / "m_debian_dists_bookworm_main_binary-amd64_Packages.lz4").write_bytes(b"")
+        return subprocess.CompletedProcess(argv, 100, "", stderr)
+
+    monkeypatch.setattr(PrivateApt, "_run", staticmethod(fake_run))
+    report = apt.update(max_age_s=3600)
+    assert report.ran and not report.ok
+    assert report.problems[1].startswith("E: The repository")
+    assert "debian-archive-keyring" in report.problems[-1]
+    assert apt.lists_age() is not None  # bookworm arrived: no update on the next run

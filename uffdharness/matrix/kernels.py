@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bzimage, debindex, debversion
+from . import bzimage, debindex, debversion, hosttools
 from .aptmirror import host_mirror
 from .cachedir import cache_root, locked, write_atomic
 from .kernelspec import KernelSpec, SpecKind, parse
@@ -210,11 +210,14 @@ def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float,
         return _image_from_meta(spec, meta)
     apt = PrivateApt(cache / "apt", host_mirror())
     try:
+        hosttools.require(hosttools.FETCH_TOOLS)
         with locked(cache / "locks" / "apt.lock"):
             packages = _lookup(spec, apt, max_list_age_s, log)
-    except (AptError, OSError, subprocess.SubprocessError) as exc:
+    except (hosttools.MissingHostTools, AptError, OSError, subprocess.SubprocessError) as exc:
         fallback = _newest_cached(spec, cache)
         if fallback is None:
+            if isinstance(exc, hosttools.MissingHostTools):
+                raise
             raise KernelFetchError(f"{spec.text}: {exc}") from exc
         log(f"{spec.text}: apt unavailable ({exc}); using cached {fallback['version']}")
         return _image_from_meta(spec, fallback)

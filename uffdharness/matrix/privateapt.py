@@ -119,10 +119,15 @@ class PrivateApt:
             return UpdateReport(ran=False, ok=True)
         proc = self._run(["apt-get", *self.options(), "update"], timeout=timeout)
         problems = [line for line in proc.stderr.splitlines() if line[:2] in ("W:", "E:")]
-        ok = proc.returncode == 0
-        if ok:
+        if any("NO_PUBKEY" in line for line in problems):
+            problems.append(
+                f"hint: {self.keyring} lacks the keys of the suites above, which are skipped; "
+                "a newer debian-archive-keyring package carries them")
+        # A suite apt refused (unsigned, unreachable) is left out; the others still count,
+        # so the lists are fresh if any suite's Packages file arrived.
+        if proc.returncode == 0 or any((self.root / "state" / "lists").glob("*_Packages*")):
             self.stamp.touch()
-        return UpdateReport(ran=True, ok=ok, problems=problems)
+        return UpdateReport(ran=True, ok=proc.returncode == 0, problems=problems)
 
     def search_names(self, regex: str) -> list[str]:
         proc = self._run(["apt-cache", *self.options(), "search", "--names-only", regex])
