@@ -77,6 +77,7 @@ class Region:
         self._owns_fd = owns_fd
         self._reservation = reservation
         self._aliases: list[Region] = []
+        self._extra_unmaps: list[tuple[int, int]] = []  # ranges left behind by DONTUNMAP
         self._closed = False
 
     # --- geometry ------------------------------------------------------------------------------
@@ -218,12 +219,6 @@ class Region:
             self._extra_unmaps.append((old_addr, self.length))
         self.addr, self.length = moved_to, new_length
         return moved_to
-
-    @property
-    def _extra_unmaps(self) -> list[tuple[int, int]]:
-        if not hasattr(self, "_extra"):
-            self._extra: list[tuple[int, int]] = []
-        return self._extra
 
     def alias(self, *, shared: bool = True) -> Region:
         """A second mapping of the same backing file (memfd, hugetlb or file region)."""
