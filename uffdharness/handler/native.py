@@ -1,0 +1,48 @@
+"""The native engine: the C loop in a pthread (cext/uffd_handler.c), no GIL anywhere."""
+
+from __future__ import annotations
+
+from .._native import ffi, lib
+from ..errors import HarnessError
+from .core import Core
+from .engine import Engine, release_at_stop
+
+
+class NativeEngine(Engine):
+    name = "native"
+
+    def __init__(
+        self, core: Core, *, cpu: int | None, busy_poll: bool, batch: int, release_on_stop: bool
+    ) -> None:
+        self.core = core
+        self.cpu = -1 if cpu is None else cpu
+        self.busy_poll = busy_poll
+        self.batch = batch
+        self.release_on_stop = release_on_stop
+        self._ptr = ffi.NULL
+
+    def start(self) -> None:
+        self._ptr = lib.uh_native_start(self.core.ptr, self.cpu, int(self.busy_poll), self.batch)
+        if self._ptr == ffi.NULL:
+            raise HarnessError("could not start the native handler thread")
+
+    def stop(self) -> BaseException | None:
+        ptr, self._ptr = self._ptr, ffi.NULL
+        if ptr == ffi.NULL:
+            return None
+        rc = lib.uh_native_stop(ptr)
+        failure = self.core.stats_failure()
+        if rc < 0 and failure is None:
+            failure = HarnessError(f"native handler ended with error {-rc}")
+        if failure is None:
+            release_at_stop(self.core, self.release_on_stop)
+        return failure
+
+    def failure(self) -> BaseException | None:
+        if self._ptr != ffi.NULL and lib.uh_native_done(self._ptr):
+            return self.core.stats_failure() or HarnessError("native handler ended")
+        return None
+
+    @property
+    def core_in_use(self) -> bool:
+        return self._ptr != ffi.NULL
