@@ -1,6 +1,7 @@
 """The scenario catalogue. Importing this package registers every scenario module."""
 
 from . import api, faults, mremap, noncooperative, vma_merge  # noqa: F401
+from . import move as _move  # noqa: F401
 from . import wp as _wp  # noqa: F401
 from .registry import CATALOGUE
 
