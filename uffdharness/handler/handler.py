@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+from .._native import lib
 from ..errors import HarnessError
 from ..memory import PAGE_SIZE
 from ..uffd import Userfaultfd
@@ -13,7 +14,7 @@ from .context import FaultContext
 from .core import Core
 from .engine import Engine
 from .native import NativeEngine
-from .policy import HasRange, Policy, as_policy, require_native
+from .policy import Builtin, HasRange, Policy, as_policy, require_native
 from .process_engine import ProcessEngine
 from .stats import HandlerStats
 from .thread_engine import ThreadEngine
@@ -22,6 +23,12 @@ EngineName = Literal["native", "thread", "process"]
 ENGINES: tuple[EngineName, ...] = ("native", "thread", "process")
 Served = HasRange | tuple[int, int] | tuple[int, int, int]
 PolicyLike = Policy | Callable[[FaultContext], object]
+
+
+def _moves(policy: Policy) -> bool:
+    return isinstance(policy, Builtin) and any(
+        action.code == lib.UH_ACT_MOVE for action in policy.actions().values()
+    )
 
 
 def _span(region: Served, page_size: int | None) -> tuple[int, int, int]:
@@ -91,12 +98,18 @@ class FaultHandler:
             raise
         self._engine: Engine | None = None
         self._state = "new"
+        self._delivered: BaseException | None = None
         if isinstance(regions, tuple) and regions and isinstance(regions[0], int):
             regions = [regions]  # type: ignore[list-item]
         elif not isinstance(regions, Iterable):
             regions = [regions]
-        for region in regions:  # type: ignore[union-attr]
-            self.serve(region)
+        try:
+            for region in regions:  # type: ignore[union-attr]
+                self.serve(region)
+        except BaseException:
+            self._state = "stopped"
+            self._close()
+            raise
 
     # --- configuration -------------------------------------------------------------------
 
@@ -116,6 +129,11 @@ class FaultHandler:
             raise TypeError("no policy: give one to serve() or to FaultHandler()")
         if self.engine_name == "native":
             require_native(chosen)
+        if self.engine_name == "process" and _moves(chosen):
+            # fs/userfaultfd.c refuses cross-mm moves (EINVAL): MOVE works only from a
+            # thread of the faulting process.
+            raise HarnessError("UFFDIO_MOVE only works within the faulting process: use "
+                               "the native or thread engine for Move")
         if self._state == "stopped":
             raise HarnessError("handler is stopped")
         if self._state == "running" and self.engine_name == "process":
@@ -160,15 +178,17 @@ class FaultHandler:
             failure = self._engine.stop()
         self._state = "stopped"
         self._close()
-        if failure is not None:
+        if failure is not None and failure is not self._delivered:
             raise failure
         return self.stats
 
     def check(self) -> None:
-        """Raise now what stop() would raise, if the engine has already failed."""
+        """Raise now what stop() would raise, if the engine has already failed (stop()
+        then does not raise it a second time)."""
         if self._engine is not None and self._state == "running":
             failure = self._engine.failure()
             if failure is not None:
+                self._delivered = failure
                 raise failure
 
     def _close(self) -> None:

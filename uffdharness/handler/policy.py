@@ -245,8 +245,10 @@ class Builtin(Policy):
             if action.pattern:
                 config.pattern = resources.keep(ffi.new("char[]", action.pattern))
                 config.pattern_len = len(action.pattern)
-            config.seed = action.seed
-            config.record_wp = int(action.record)
+            if action.code == lib.UH_ACT_INDEXED:
+                config.seed = action.seed
+            if action.code == lib.UH_ACT_UNPROTECT:
+                config.record_wp = int(action.record)
         return config
 
 

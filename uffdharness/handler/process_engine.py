@@ -59,6 +59,7 @@ class ProcessEngine(Engine):
         self._wake_w = -1
         self._result_r = -1
         self._result: bytes | None = None
+        self._reported: tuple[BaseException | None] | None = None
         self._outcome: BaseException | None = None
 
     # --- parent side -----------------------------------------------------------------------
@@ -133,7 +134,7 @@ class ProcessEngine(Engine):
             if not readable:
                 return None
             self._collect(time.monotonic() + self.stop_timeout)
-        return self._decode(0, False) if self._result else None
+        return self._report() if self._result else None
 
     def _collect(self, deadline: float) -> None:
         """Read the helper's report up to EOF (it writes it just before it exits)."""
@@ -161,12 +162,18 @@ class ProcessEngine(Engine):
                 name = signal.Signals(os.WTERMSIG(status)).name
                 return HarnessError(f"handler helper died of {name} without a report")
             return HarnessError(f"handler helper exited ({status:#x}) without a report")
-        outcome = pickle.loads(self._result)
-        if outcome[0] == "ok":
-            return None
-        _, exc, text = outcome
-        exc.__cause__ = HelperTraceback(text)
-        return exc
+        return self._report()
+
+    def _report(self) -> BaseException | None:
+        """The helper's report, decoded once (check() and stop() give the same object)."""
+        if self._reported is None:
+            outcome = pickle.loads(self._result or b"")
+            exc = None
+            if outcome[0] != "ok":
+                _, exc, text = outcome
+                exc.__cause__ = HelperTraceback(text)
+            self._reported = (exc,)
+        return self._reported[0]
 
     # --- helper side -----------------------------------------------------------------------
 
