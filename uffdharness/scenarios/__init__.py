@@ -2,6 +2,7 @@
 
 from . import api, faults, mremap, noncooperative, vma_merge  # noqa: F401
 from . import move as _move  # noqa: F401
+from . import races as _races  # noqa: F401
 from . import wp as _wp  # noqa: F401
 from .registry import CATALOGUE
 

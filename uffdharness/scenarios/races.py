@@ -1,0 +1,368 @@
+"""uffd operations racing VMA changes next door (per-VMA locks in uffd, 6.4-6.9 era).
+
+Since the per-VMA lock work, UFFDIO_COPY/ZEROPAGE/MOVE lock only the VMAs they touch
+instead of taking mmap_lock for reading (mm/userfaultfd.c uffd_mfill_lock /
+uffd_move_lock, 6.8-6.9), so they run truly concurrently with mremap/munmap/madvise on
+neighbouring VMAs. Such a race must end with every resolved page intact and each
+operation either done or refused with EAGAIN/ENOENT/EEXIST; never corrupt, never hang.
+
+Layout: op regions and churn regions alternate in one reservation, so every op region's
+neighbours are the VMAs being split, moved, unmapped and re-registered. Only op regions
+receive uffd operations (one resolver at a time per region, so each page's expected
+content is known); only churn regions are mutated.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from .. import syscalls as sc
+from ..abi import Feature, RegisterMode
+from ..errors import UffdError
+from ..memory import PAGE_SIZE, MemoryKind, Region
+from ..pagemap import Pagemap
+from ..uffd import Userfaultfd
+from .context import Background, Context
+from .model import Observation
+from .registry import scenario
+
+RACE_SECONDS = 1.0
+OP_REGIONS = 3
+CHURN_REGIONS = 3
+REGION_PAGES = 16
+RESOLVERS = 2
+MUTATORS = 2
+ALLOWED_ERRNOS = frozenset({"EAGAIN", "ENOENT", "EEXIST"})
+JOIN_GRACE = 3.0  # after the deadline, how long a thread may take before it counts as hung
+MAX_REPORTED = 5  # mismatches listed in the facts
+
+
+class Arena:
+    """One PROT_NONE reservation holding alternating op/churn slots plus one parking slot
+    per churn region; everything in it is unmapped by close().
+
+    Churning leaves short-lived holes (a region moved away, a range unmapped). They are
+    refilled only with MAP_FIXED_NOREPLACE: if another mapping of this process landed in
+    a hole meanwhile, the slot is given up rather than clobbered.
+    """
+
+    def __init__(self, kind: MemoryKind) -> None:
+        self.kind = kind
+        self.slot_length = REGION_PAGES * PAGE_SIZE
+        self.slots = OP_REGIONS + CHURN_REGIONS
+        self.length = (self.slots + CHURN_REGIONS + 2) * self.slot_length
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE
+        self.base = sc.mmap(0, self.length, sc.PROT_NONE, flags)
+
+    def slot(self, index: int) -> int:
+        """Slots 1..slots alternate op, churn, op, churn...; slot 0 and the last are
+        guards; parking slots follow."""
+        return self.base + (1 + index) * self.slot_length
+
+    def parking(self, churn: int) -> int:
+        return self.slot(self.slots + 1 + churn)
+
+    def map(self, addr: int, length: int, *, replace: bool) -> int:
+        """Map memory of the arena's kind at ``addr``: MAP_FIXED over our own reservation,
+        MAP_FIXED_NOREPLACE where a hole was left (EEXIST if something else took it)."""
+        fixed = sc.MAP_FIXED if replace else sc.MAP_FIXED_NOREPLACE
+        share = sc.MAP_PRIVATE if self.kind is MemoryKind.ANON else sc.MAP_SHARED
+        return sc.mmap(addr, length, sc.PROT_RW, share | sc.MAP_ANONYMOUS | fixed)
+
+    def placeholder(self, addr: int, length: int) -> None:
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE
+        sc.mmap(addr, length, sc.PROT_NONE, flags)
+
+    def close(self) -> None:
+        sc.munmap(self.base, self.length)
+
+
+def _tag(region: int, page: int, op: str, thread: int, serial: int) -> bytes:
+    """16 bytes naming one resolution; repeated over the page it filled."""
+    return f"r{region}p{page:02d}{op[0]}t{thread}n{serial:07d}".encode()[:16].ljust(16, b".")
+
+
+ZERO_TAG = b"\0" * 16
+
+
+class OpRegion:
+    """An op region and what each of its pages must hold (guarded by ``lock``)."""
+
+    def __init__(self, index: int, region: Region, reset_advice: int) -> None:
+        self.index = index
+        self.region = region
+        self.reset_advice = reset_advice
+        self.lock = threading.Lock()
+        self.expected: dict[int, bytes] = {}
+
+
+class Tally:
+    """What one thread saw; merged after the run (no shared counters while racing)."""
+
+    def __init__(self) -> None:
+        self.ops: Counter[str] = Counter()
+        self.errnos: Counter[str] = Counter()
+        self.mutations: Counter[str] = Counter()
+        self.mutation_errnos: Counter[str] = Counter()
+        self.problems: list[str] = []
+        self.pages_verified = 0
+        self.cycles = 0
+
+
+def _verify(op: OpRegion, tally: Tally) -> None:
+    """Check every page of an op region against what was resolved there (pagemap first:
+    reading a page that is not there would block in a missing fault)."""
+    region = op.region
+    with Pagemap() as pagemap:
+        present = [e.present for e in pagemap.entries(region.addr, region.length)]
+    for page in range(REGION_PAGES):
+        tag = op.expected.get(page)
+        if tag is None:
+            if present[page]:
+                tally.problems.append(f"op{op.index} page {page}: populated, never resolved")
+            continue
+        if not present[page]:
+            tally.problems.append(f"op{op.index} page {page}: resolved ({tag!r}) then lost")
+            continue
+        tally.pages_verified += 1
+        at = region.find_mismatch(tag, page * PAGE_SIZE, PAGE_SIZE)
+        if at is not None:
+            found = region.read(at - at % 16, 16)
+            tally.problems.append(f"op{op.index} page {page}: expected {tag!r}, read {found!r}")
+
+
+def _resolver(
+    thread: int,
+    uffd: Userfaultfd,
+    ops: list[OpRegion],
+    operations: tuple[str, ...],
+    source: Region | None,
+    deadline: float,
+) -> Tally:
+    tally = Tally()
+    rng = random.Random(thread)
+    serial = 0
+    while time.monotonic() < deadline:
+        op = rng.choice(ops)
+        with op.lock:
+            free = [p for p in range(REGION_PAGES) if p not in op.expected]
+            page = rng.choice(free) if free and rng.random() < 0.9 else rng.randrange(REGION_PAGES)
+            name = rng.choice(operations)
+            serial += 1
+            tag = ZERO_TAG if name == "ZEROPAGE" else _tag(op.index, page, name, thread, serial)
+            dst = op.region.page_addr(page)
+            try:
+                if name == "COPY":
+                    uffd.copy(dst, tag * (PAGE_SIZE // 16))
+                elif name == "ZEROPAGE":
+                    uffd.zeropage(dst, PAGE_SIZE)
+                else:
+                    slot = serial % source.pages
+                    source.fill(tag, slot * PAGE_SIZE, PAGE_SIZE)
+                    uffd.move(dst, source.page_addr(slot), PAGE_SIZE)
+            except UffdError as exc:
+                tally.errnos[f"{name}:{exc.errno_name}"] += 1
+                if exc.errno_name == "EEXIST" and page not in op.expected:
+                    tally.problems.append(f"op{op.index} page {page}: {name} EEXIST, unresolved")
+            else:
+                if page in op.expected:
+                    tally.problems.append(f"op{op.index} page {page}: {name} resolved it twice")
+                op.expected[page] = tag
+                tally.ops[name] += 1
+            if len(op.expected) == REGION_PAGES:
+                _verify(op, tally)
+                op.region.madvise(op.reset_advice)
+                op.expected.clear()
+                tally.cycles += 1
+    return tally
+
+
+class ChurnRegion:
+    def __init__(self, index: int, addr: int) -> None:
+        self.index = index
+        self.addr = addr
+        self.lock = threading.Lock()
+        self.lost = ""  # why this slot can no longer be churned (a foreign mapping took it)
+
+
+def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) -> None:
+    length = arena.slot_length
+    half = length // 2
+    if action == "dontneed":
+        try:
+            uffd.zeropage(churn.addr, length)  # populate without touching (no handler here)
+        except UffdError as exc:
+            if exc.errno_name != "EEXIST":
+                raise
+        sc.madvise(churn.addr, length, sc.MADV_DONTNEED)
+    elif action == "mremap_resize":
+        sc.mremap(churn.addr, length, half, 0)
+        try:
+            sc.mremap(churn.addr, half, length, 0)  # grow in place, never move
+        except UffdError as exc:
+            churn.lost = f"regrow: {exc.errno_name}"
+            raise
+    elif action == "mremap_move":
+        parking = arena.parking(churn.index)
+        sc.mremap(churn.addr, length, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, parking)
+        try:
+            arena.placeholder(churn.addr, length)
+        except UffdError as exc:
+            churn.lost = f"slot taken while moved away: {exc.errno_name}"
+            raise
+        sc.mremap(parking, length, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, churn.addr)
+        try:
+            arena.placeholder(parking, length)
+        except UffdError as exc:
+            churn.lost = f"parking taken: {exc.errno_name}"
+            raise
+    elif action == "munmap":
+        middle = churn.addr + length // 4
+        sc.munmap(middle, half)
+        try:
+            arena.map(middle, half, replace=False)
+        except UffdError as exc:
+            churn.lost = f"hole taken after munmap: {exc.errno_name}"
+            raise
+        # One fresh VMA over the whole slot again: separate shmem mappings never merge,
+        # and ZEROPAGE or a grow-in-place mremap cannot span several VMAs.
+        arena.map(churn.addr, length, replace=True)
+    # mremap without EVENT_REMAP and a fresh mapping both drop the registration.
+    uffd.register(churn.addr, length, RegisterMode.MISSING)
+
+
+CHURN_ACTIONS = ("dontneed", "mremap_resize", "mremap_move", "munmap")
+
+
+def _mutator(
+    thread: int, arena: Arena, uffd: Userfaultfd, churns: list[ChurnRegion], deadline: float
+) -> Tally:
+    tally = Tally()
+    rng = random.Random(1000 + thread)
+    while time.monotonic() < deadline:
+        churn = rng.choice(churns)
+        with churn.lock:
+            if churn.lost:
+                continue
+            action = rng.choice(CHURN_ACTIONS)
+            try:
+                _mutate(arena, uffd, churn, action)
+                tally.mutations[action] += 1
+            except UffdError as exc:
+                tally.mutation_errnos[f"{action}:{exc.op}:{exc.errno_name}"] += 1
+    return tally
+
+
+def _merge(tallies: list[Tally]) -> Tally:
+    total = Tally()
+    for tally in tallies:
+        total.ops += tally.ops
+        total.errnos += tally.errnos
+        total.mutations += tally.mutations
+        total.mutation_errnos += tally.mutation_errnos
+        total.problems += tally.problems
+        total.pages_verified += tally.pages_verified
+        total.cycles += tally.cycles
+    return total
+
+
+@scenario(
+    id="per-vma-lock-race",
+    title="UFFDIO_COPY/ZEROPAGE/MOVE racing mremap/munmap/madvise next door",
+    checks="for about a second, threads resolve pages of registered regions with COPY, "
+    "ZEROPAGE and (anon) MOVE while other threads mremap, munmap, MADV_DONTNEED and "
+    "re-register the neighbouring VMAs: resolved data stays intact, errors are only "
+    "EAGAIN/ENOENT/EEXIST and nothing hangs (per-VMA locks in uffd operations, 6.9 era)",
+    memory=("anon", "shmem"),
+    timeout=20,
+)
+def per_vma_lock_race(ctx: Context) -> Observation:
+    features = ctx.mode_features("missing")
+    operations: tuple[str, ...] = ("COPY", "ZEROPAGE")
+    if ctx.memory is MemoryKind.ANON and ctx.offered & Feature.MOVE:
+        features |= Feature.MOVE
+        operations += ("MOVE",)
+    uffd = ctx.uffd(features)
+    arena = Arena(ctx.memory)
+    try:
+        return _race(ctx, uffd, arena, operations)
+    finally:
+        arena.close()
+
+
+def _race(
+    ctx: Context, uffd: Userfaultfd, arena: Arena, operations: tuple[str, ...]
+) -> Observation:
+    reset = sc.MADV_DONTNEED if ctx.memory is MemoryKind.ANON else sc.MADV_REMOVE
+    ops: list[OpRegion] = []
+    churns: list[ChurnRegion] = []
+    for index in range(OP_REGIONS + CHURN_REGIONS):
+        addr = arena.map(arena.slot(index), arena.slot_length, replace=True)
+        uffd.register(addr, arena.slot_length, RegisterMode.MISSING)
+        if index % 2 == 0:
+            region = Region(addr, arena.slot_length, ctx.memory, page_size=PAGE_SIZE)
+            ops.append(OpRegion(index // 2, region, reset))
+        else:
+            churns.append(ChurnRegion(index // 2, addr))
+    sources = [ctx.region(REGION_PAGES, kind=MemoryKind.ANON) for _ in range(RESOLVERS)]
+
+    started = time.monotonic()
+    deadline = started + RACE_SECONDS
+    workers = [
+        Background(_resolver, t, uffd, ops, operations, sources[t], deadline)
+        for t in range(RESOLVERS)
+    ] + [Background(_mutator, t, arena, uffd, churns, deadline) for t in range(MUTATORS)]
+    finished = [w.finished(max(0.0, deadline - time.monotonic()) + JOIN_GRACE) for w in workers]
+    elapsed = time.monotonic() - started
+    hung = finished.count(False)
+    errors = [w.error for w in workers if w.finished(0) and w.error is not None]
+    tallies = [w.result for w in workers if w.finished(0) and w.error is None]
+    total = _merge(tallies)
+    if not hung:  # the final state of every op region, with nobody racing
+        for op in ops:
+            _verify(op, total)
+
+    errnos = {name.split(":")[1] for name in total.errnos}
+    unexpected = sorted(errnos - ALLOWED_ERRNOS)
+    facts: dict[str, Any] = {
+        "seconds": round(elapsed, 3),
+        "threads": {"resolvers": RESOLVERS, "mutators": MUTATORS},
+        "layout": {
+            "op_regions": OP_REGIONS,
+            "churn_regions": CHURN_REGIONS,
+            "pages_each": REGION_PAGES,
+        },
+        "ops_done": dict(total.ops),
+        "op_errnos": dict(total.errnos),
+        "mutations_done": dict(total.mutations),
+        "mutation_errnos": dict(total.mutation_errnos),
+        "churn_slots_lost": {c.index: c.lost for c in churns if c.lost},
+        "region_cycles": total.cycles,
+        "pages_verified": total.pages_verified,
+        "data_problems": len(total.problems),
+        "first_problems": total.problems[:MAX_REPORTED],
+        "unexpected_errnos": unexpected,
+        "hung_threads": hung,
+        "thread_exceptions": [f"{type(e).__name__}: {e}" for e in errors],
+    }
+    reasons = []
+    if hung:
+        reasons.append(f"{hung} thread(s) still blocked {JOIN_GRACE} s after the deadline")
+    if errors:
+        reasons.append(f"thread exceptions: {facts['thread_exceptions']}")
+    if unexpected:
+        reasons.append(f"unexpected errnos {unexpected}: {facts['op_errnos']}")
+    if total.problems:
+        reasons.append(f"{len(total.problems)} data problems: {facts['first_problems']}")
+    if not hung and (not total.ops or not total.mutations):
+        reasons.append("the race did not happen: no operations or no mutations completed")
+    ok = not reasons
+    key = (
+        f"ops={sum(total.ops.values())} mutations={sum(total.mutations.values())} "
+        f"errnos={sorted(errnos) or 'none'} data={'ok' if not total.problems else 'BAD'}"
+    )
+    return Observation(facts, ok, key, "; ".join(reasons))
