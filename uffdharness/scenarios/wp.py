@@ -39,31 +39,31 @@ from .vma_merge import _taint_warn
 SEED = 0x3A11
 UNPROTECT = WriteProtectMode(0)
 WP_WRITE = FaultFlag.WP | FaultFlag.WRITE
-EVENT_TIMEOUT = 2.0  # how long a fault that must come may take
+# Waits end as soon as the awaited thing happens; the limits only matter on a broken
+# kernel, so they are generous enough for a slow (TCG) guest.
+EVENT_TIMEOUT = 3.0  # how long a fault that must come may take
 BLOCK_PROBE = 0.05  # how long a write that must block is watched before we call it blocked
-FINISH_TIMEOUT = 1.0  # how long a write that must not block may take
+FINISH_TIMEOUT = 3.0  # how long a write that must not block may take
+PAYLOAD = (b"written-while-protected." * 3)[:64]
 
 
 # --- what the page tables say ------------------------------------------------------------------
 
 
-def pagemap_view(region: Region, addr: int | None = None) -> list[str]:
-    """Pagemap flags of each page of ``region`` (or of the same-sized range at ``addr``),
-    e.g. "EXCLUSIVE+UFFD_WP+PRESENT"; "" for an empty PTE."""
+def pagemap_view(region: Region) -> list[str]:
+    """Pagemap flags of each page of ``region``, e.g. "EXCLUSIVE+UFFD_WP+PRESENT"; "" for
+    an empty PTE. A uffd-wp PTE marker reads "UFFD_WP+SWAPPED" (a swap-format entry) on
+    small pages and plain "UFFD_WP" on hugetlb."""
     with Pagemap() as pagemap:
-        entries = pagemap.entries(
-            region.addr if addr is None else addr, region.length, region.page_size
-        )
+        entries = pagemap.entries(region.addr, region.length, region.page_size)
     return ["+".join(entry.names()) for entry in entries]
 
 
-def wp_pages(region: Region, addr: int | None = None) -> list[int]:
+def wp_pages(region: Region) -> list[int]:
     """Indexes of the pages whose pagemap entry carries uffd-wp (bit 57)."""
     with Pagemap() as pagemap:
-        entries = pagemap.entries(
-            region.addr if addr is None else addr, region.length, region.page_size
-        )
-    return [i for i, entry in enumerate(entries) if entry.raw & PagemapFlag.UFFD_WP]
+        mask = pagemap.flag_mask(PagemapFlag.UFFD_WP, region.addr, region.length, region.page_size)
+    return [i for i in range(region.pages) if mask >> i & 1]
 
 
 def uffd_vm_flags(start: int, end: int) -> list[str]:
@@ -93,9 +93,6 @@ def _indexed_source(ctx: Context, region: Region) -> Region:
 
 def _pages(ctx: Context, small: int, huge: int) -> int:
     return huge if ctx.memory.is_hugetlb else small
-
-
-PAYLOAD = (b"written-while-protected." * 3)[:64]
 
 
 def _protected_pages(ctx: Context, pages: int) -> list[int]:
@@ -139,8 +136,7 @@ def wp_basic(ctx: Context) -> Observation:
     protected = wp_pages(region)
 
     target, read_page = 1, 2
-    payload = PAYLOAD
-    writer = Background(region.write, payload, target * region.page_size)
+    writer = Background(region.write, PAYLOAD, target * region.page_size)
     fault = next_event(uffd, timeout=EVENT_TIMEOUT)
     writer_blocked = not writer.finished(BLOCK_PROBE)
     reader = Background(region.read, read_page * region.page_size, 64)
@@ -154,10 +150,10 @@ def wp_basic(ctx: Context) -> Observation:
     writer_woken = writer.finished(EVENT_TIMEOUT)
     protected_after = wp_pages(region)
 
-    written_ok = region.read(target * region.page_size, len(payload)) == payload
-    rest_offset = target * region.page_size + len(payload)
-    rest_ok = region.read(rest_offset, region.page_size - len(payload)) == source.read(
-        rest_offset, region.page_size - len(payload)
+    written_ok = region.read(target * region.page_size, len(PAYLOAD)) == PAYLOAD
+    rest_offset = target * region.page_size + len(PAYLOAD)
+    rest_ok = region.read(rest_offset, region.page_size - len(PAYLOAD)) == source.read(
+        rest_offset, region.page_size - len(PAYLOAD)
     )
     others = [i for i in range(pages) if i != target]
     others_ok = all(region.find_indexed_mismatch(SEED, i, 1) is None for i in others)
@@ -612,8 +608,8 @@ def wp_cleared_on_mremap(ctx: Context) -> Observation:
     return Observation(facts, ok, key, "" if ok else json.dumps(facts), buggy=bool(left))
 
 
-def _signal_name(number: int | None) -> str | None:
-    return signal.Signals(number).name if number else None
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name
 
 
 # --- wp-fork -----------------------------------------------------------------------------------
@@ -640,8 +636,9 @@ def _inspect_in_child(addr: int, pages: int, page_size: int) -> dict[str, Any]:
     writer = Background(region.touch, None, write=True)
     facts["write_finished"] = writer.finished(EVENT_TIMEOUT)
     # Page 0 is the one populated page no variant zaps.
-    facts["data_intact"] = facts["write_finished"] and region.find_indexed_mismatch(SEED, 0, 1)
-    facts["data_intact"] = facts["data_intact"] is None if facts["write_finished"] else False
+    facts["data_intact"] = (
+        facts["write_finished"] and region.find_indexed_mismatch(SEED, 0, 1) is None
+    )
     return facts
 
 
