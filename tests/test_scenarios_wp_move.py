@@ -12,7 +12,12 @@ from uffdharness.kernelversion import parse
 from uffdharness.runner import judge, run, select
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.model import Observation
-from uffdharness.scenarios.wp import WP_CLOSE_FIX, WP_FORK_FIX, WP_MREMAP_FIX
+from uffdharness.scenarios.wp import (
+    HUGETLB_FORK_FIX,
+    WP_CLOSE_FIX,
+    WP_FORK_FIX,
+    WP_MREMAP_FIX,
+)
 
 SCENARIOS = (
     "wp-basic",
@@ -22,6 +27,7 @@ SCENARIOS = (
     "wp-cleared-on-close",
     "wp-cleared-on-mremap",
     "wp-fork",
+    "wp-fork-hugetlb-private",
     "move",
     "per-vma-lock-race",
 )
@@ -56,6 +62,8 @@ def test_every_pair_passes_or_skips_for_a_stated_reason(results):
         "wp-basic": {"anon", "shmem", "memfd", "hugetlb", "hugetlb-private"},
         "wp-shmem-survives-zap": {"shmem", "memfd", "hugetlb"},
         "wp-unpopulated": {"anon"},
+        "wp-fork": {"anon", "shmem", "memfd", "hugetlb"},
+        "wp-fork-hugetlb-private": {"hugetlb-private"},
         "move": {"anon"},
         "per-vma-lock-race": {"anon", "shmem"},
     }
@@ -131,9 +139,18 @@ def test_wp_cleared_on_mremap_facts(results, memory):
     assert f["write_in_child"]["child"] == "ok" and f["write_in_child"]["write_finished"]
 
 
-@pytest.mark.parametrize("memory", ["anon", "memfd", "hugetlb"])
-def test_wp_fork_facts(results, memory):
-    f = facts(results, "wp-fork", memory)
+@pytest.mark.parametrize(
+    ("scenario", "memory"),
+    [
+        ("wp-fork", "anon"),
+        ("wp-fork", "memfd"),
+        ("wp-fork", "hugetlb"),
+        ("wp-fork-hugetlb-private", "hugetlb-private"),
+    ],
+)
+def test_wp_fork_facts(results, scenario, memory):
+    f = facts(results, scenario, memory)
+    assert f["pagemap_reports_uffd_wp"] is True
     assert f["without_event_fork"]["child_wp_pages"] == []
     assert f["without_event_fork"]["child_vm_flags"] == []
     inherited = f["with_event_fork"]
@@ -172,6 +189,7 @@ def test_race_facts(results, memory):
         (WP_CLOSE_FIX, ("6.9", "6.8.10", "6.6.31", "6.18.44"), ("6.8.9", "6.7.12", "6.1.90")),
         (WP_MREMAP_FIX, ("6.13", "6.12.11"), ("6.12.10", "6.6.70", "6.1.120")),
         (WP_FORK_FIX, ("6.2", "6.1.11"), ("6.1.10", "6.0.19", "5.19.17")),
+        (HUGETLB_FORK_FIX, ("6.4", "6.18.44"), ("6.1.192", "6.3.13", "5.19.17")),
     ],
 )
 def test_known_bug_versions(bug, fixed, buggy):
@@ -179,7 +197,10 @@ def test_known_bug_versions(bug, fixed, buggy):
     assert not any(bug.fixed_on(parse(v)) for v in buggy)
 
 
-@pytest.mark.parametrize("scenario", ["wp-cleared-on-close", "wp-cleared-on-mremap", "wp-fork"])
+@pytest.mark.parametrize(
+    "scenario",
+    ["wp-cleared-on-close", "wp-cleared-on-mremap", "wp-fork", "wp-fork-hugetlb-private"],
+)
 def test_buggy_observation_is_a_known_bug_only_on_old_kernels(scenario):
     item = CATALOGUE[scenario]
     seen = Observation({"wp_pages_after": [0, 1]}, ok=False, key="wp=[0, 1]", buggy=True)

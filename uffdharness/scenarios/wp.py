@@ -32,7 +32,7 @@ from ..memory import MemoryKind, Region, allocate
 from ..pagemap import Pagemap, PagemapFlag
 from ..uffd import Userfaultfd
 from .context import Background, Context, next_event
-from .model import ALL_KINDS, SHARED_KINDS, KnownBug, Observation
+from .model import ALL_KINDS, SHARED_KINDS, KnownBug, Observation, Skip
 from .registry import scenario
 from .vma_merge import _taint_warn
 
@@ -70,6 +70,35 @@ def uffd_vm_flags(start: int, end: int) -> list[str]:
     """The smaps VmFlags marking uffd registration (um, uw, ui) on VMAs in [start, end)."""
     flags = {f for vma in read_smaps_range(start, end) for f in vma.vm_flags}
     return sorted(flags & {"um", "uw", "ui"})
+
+
+PM_UFFD_WP_SINCE = "5.14"  # "mm/pagemap: export uffd-wp protection information"
+_pagemap_wp_probe: bool | None = None
+
+
+def pagemap_reports_uffd_wp() -> bool:
+    """Whether this kernel's pagemap carries the uffd-wp bit (57, 5.14): probed once on a
+    protected anonymous page, since older kernels leave the bit 0 without any error."""
+    global _pagemap_wp_probe
+    if _pagemap_wp_probe is None:
+        region = allocate(MemoryKind.ANON, 1)
+        try:
+            region.touch(0, write=True)
+            with Userfaultfd.open(Feature.PAGEFAULT_FLAG_WP) as uffd:
+                uffd.register(region, mode=RegisterMode.WP)
+                uffd.writeprotect(region)
+                _pagemap_wp_probe = wp_pages(region) == [0]
+        finally:
+            region.close()
+    return _pagemap_wp_probe
+
+
+def require_pagemap_uffd_wp() -> None:
+    if not pagemap_reports_uffd_wp():
+        raise Skip(
+            f"pagemap does not report uffd-wp (bit 57, added in {PM_UFFD_WP_SINCE}): "
+            "the page-table state this scenario judges is invisible"
+        )
 
 
 def fault_facts(fault: PagefaultEvent | None, region: Region) -> dict[str, Any] | None:
@@ -173,6 +202,10 @@ def wp_basic(ctx: Context) -> Observation:
         "rest_of_page_ok": rest_ok,
         "other_pages_ok": others_ok,
     }
+    facts["pagemap_reports_uffd_wp"] = pagemap_reports_uffd_wp()
+    bits_ok = not facts["pagemap_reports_uffd_wp"] or (
+        protected == list(range(pages)) and protected_after == others
+    )
     ok = (
         isinstance(fault, PagefaultEvent)
         and fault.flags == WP_WRITE
@@ -181,8 +214,7 @@ def wp_basic(ctx: Context) -> Observation:
         and facts["read_faulted"] is False
         and read_ok
         and writer_woken
-        and protected == list(range(pages))
-        and protected_after == others
+        and bits_ok
         and written_ok
         and rest_ok
         and others_ok
@@ -476,10 +508,12 @@ WP_CLOSE_FIX = KnownBug(
     known_bug=WP_CLOSE_FIX,
 )
 def wp_cleared_on_close(ctx: Context) -> Observation:
+    features = ctx.mode_features("wp")
+    require_pagemap_uffd_wp()
     pages = _pages(ctx, 4, 3)
     region = ctx.region(pages)
     region.fill_indexed(SEED, 0, pages - 1)  # the last page stays unpopulated
-    uffd = ctx.uffd(ctx.mode_features("wp"))
+    uffd = ctx.uffd(features)
     uffd.register(region, mode=RegisterMode.WP)
     uffd.writeprotect(region)
     before = pagemap_view(region)
@@ -579,6 +613,7 @@ def _protect_and_move(kind: str, features: int, write: bool) -> dict[str, Any]:
 )
 def wp_cleared_on_mremap(ctx: Context) -> Observation:
     features = ctx.mode_features("wp")
+    require_pagemap_uffd_wp()
     facts = _protect_and_move(ctx.memory.value, int(features), write=False)
     outcome = run_in_child(_protect_and_move, ctx.memory.value, int(features), True, timeout=10)
     access: dict[str, Any] = {"child": outcome.status}
@@ -621,6 +656,17 @@ WP_FORK_FIX = KnownBug(
     "VMA is not registered: the child's pagemap shows uffd-wp bits (and the kernel WARNs)",
     # Cc: stable 5.19+; in the linux-6.1.y stable queue of 2023-02-07 (released as 6.1.11).
     backports=("6.1.11",),
+)
+
+
+HUGETLB_FORK_FIX = KnownBug(
+    fixed_in="6.4",
+    fix="mm/hugetlb: fix uffd-wp during fork()",
+    signature="fork() without EVENT_FORK keeps the uffd-wp bit on the child's present "
+    "private hugetlb pages: the child's pagemap shows it and the child's write to such a "
+    "page never completes",
+    # Cc: stable; the 6.1-stable application FAILED (gregkh, 2023-05-07) and Debian 6.1.192
+    # still shows the bug, so no backport is listed.
 )
 
 
@@ -763,9 +809,10 @@ def _fork_variant(ctx: Context, event_fork: bool, private_alias: bool = False) -
     return facts
 
 
-def _judge_fork(variants: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
-    """Problems found in the fork variants, and whether a child inherited uffd-wp bits
-    without EVENT_FORK (the 6.2 bug's signature)."""
+def _judge_fork(variants: dict[str, dict[str, Any]], bits_visible: bool) -> tuple[list[str], bool]:
+    """Problems found in the fork variants, and whether a child inherited uffd-wp state
+    without EVENT_FORK (the known bugs' signature: bits in its pagemap, or a write that
+    never completes because the inherited bit is never resolved)."""
     problems: list[str] = []
     leaked = False
     for name, facts in variants.items():
@@ -774,17 +821,19 @@ def _judge_fork(variants: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
         if facts["child"] != "ok":
             problems.append(f"{name}: child {facts['child']} {facts.get('child_signal', '')}")
             continue
-        if not facts["child_write_finished"] or not facts["child_data_intact"]:
+        write_ok = facts["child_write_finished"] and facts["child_data_intact"]
+        if not write_ok:
             problems.append(
                 f"{name}: child write finished={facts['child_write_finished']}, "
                 f"data intact={facts['child_data_intact']}"
             )
         if name.endswith("without_event_fork"):
-            if facts["child_wp_pages"]:
-                leaked = True
-                problems.append(f"{name}: child inherited uffd-wp on {facts['child_wp_pages']}")
-            if facts["child_vm_flags"]:
-                problems.append(f"{name}: child VmFlags {facts['child_vm_flags']}")
+            if facts["child_wp_pages"] or facts["child_vm_flags"]:
+                problems.append(
+                    f"{name}: child inherited uffd-wp on {facts['child_wp_pages']}, "
+                    f"VmFlags {facts['child_vm_flags']}"
+                )
+            leaked = leaked or bool(facts["child_wp_pages"]) or not write_ok
             continue
         if facts["child_wp_pages"] != facts["parent_wp_pages"]:
             problems.append(
@@ -796,25 +845,13 @@ def _judge_fork(variants: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
         if facts.get("fork_events") != 1:
             problems.append(f"{name}: {facts.get('fork_events')} fork events")
         faults = facts.get("child_faults") or []
-        if len(faults) != len(facts["parent_wp_pages"]) or any(
-            f != flag_names(WP_WRITE) for f in faults
-        ):
+        expected = len(facts["parent_wp_pages"]) if bits_visible else len(faults) or 1
+        if len(faults) != expected or any(f != flag_names(WP_WRITE) for f in faults):
             problems.append(f"{name}: child faults {faults}")
     return problems, leaked
 
 
-@scenario(
-    id="wp-fork",
-    title="uffd-wp state across fork(), with and without EVENT_FORK",
-    checks="without EVENT_FORK the child's VMA is not registered, so it must inherit no "
-    "uffd-wp bits or PTE markers and its writes succeed (fixed by 'mm/uffd: fix pte marker "
-    "when fork() without fork event', 6.2); with EVENT_FORK the child inherits them and "
-    "each write to a protected page raises a WP fault on the child's new uffd",
-    memory=ALL_KINDS,
-    hugepages=8,
-    known_bug=WP_FORK_FIX,
-)
-def wp_fork(ctx: Context) -> Observation:
+def _wp_fork(ctx: Context) -> Observation:
     ctx.mode_features("wp")
     variants = {"without_event_fork": _fork_variant(ctx, False)}
     if ctx.memory is MemoryKind.MEMFD:
@@ -823,10 +860,43 @@ def wp_fork(ctx: Context) -> Observation:
         variants["with_event_fork"] = _fork_variant(ctx, True)
     else:
         variants["with_event_fork"] = {"skipped": "kernel lacks UFFD_FEATURE_EVENT_FORK"}
-    problems, leaked = _judge_fork(variants)
+    bits_visible = pagemap_reports_uffd_wp()
+    problems, leaked = _judge_fork(variants, bits_visible)
+    variants["pagemap_reports_uffd_wp"] = bits_visible
     parts = [
         f"{name.replace('_event_fork', '')}={facts.get('child_wp_pages', 'skipped')}"
         for name, facts in variants.items()
+        if isinstance(facts, dict)
     ]
     key = "child wp pages: " + " ".join(parts)
     return Observation(variants, not problems, key, "; ".join(problems), buggy=leaked)
+
+
+FORK_CHECKS = (
+    "without EVENT_FORK the child's VMA is not registered, so it must inherit no uffd-wp "
+    "bits or PTE markers and its writes complete; with EVENT_FORK the child inherits them "
+    "and each write to a protected page raises a WP fault on the child's new uffd"
+)
+
+wp_fork = scenario(
+    id="wp-fork",
+    title="uffd-wp state across fork(), with and without EVENT_FORK",
+    checks=FORK_CHECKS + " (markers: 'mm/uffd: fix pte marker when fork() without fork "
+    "event', 6.2)",
+    memory=("anon", "shmem", "memfd", "hugetlb"),
+    hugepages=8,
+    known_bug=WP_FORK_FIX,
+)(_wp_fork)
+
+# Private hugetlb is copied at fork by copy_hugetlb_page_range(), which kept the uffd-wp
+# bit of present pages for a child without EVENT_FORK until 6.4; the child's writes to
+# such a page then never complete (measured on Debian 6.1.192). Its own entry, because
+# the fix differs from the one above.
+wp_fork_hugetlb_private = scenario(
+    id="wp-fork-hugetlb-private",
+    title="uffd-wp state across fork() of private hugetlb, with and without EVENT_FORK",
+    checks=FORK_CHECKS + " (private hugetlb: 'mm/hugetlb: fix uffd-wp during fork()', 6.4)",
+    memory=("hugetlb-private",),
+    hugepages=8,
+    known_bug=HUGETLB_FORK_FIX,
+)(_wp_fork)
