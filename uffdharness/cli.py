@@ -115,9 +115,16 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     add(subparsers)
 
 
+def add_matrix_parser(subparsers: argparse._SubParsersAction) -> None:
+    from uffdharness.matrix_command import add_matrix_parser as add
+
+    add(subparsers)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_info_parser,
     add_run_parser,
+    add_matrix_parser,
 ]
 
 

@@ -1,0 +1,174 @@
+"""`uffdharness matrix` end to end: argument handling, missing host tools, the host kernel
+run as a subprocess, and (when Debian kernels are cached and qemu exists) real guests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import junitparser
+import pytest
+
+from uffdharness import cli
+from uffdharness.matrix import hosttools, kernels
+from uffdharness.matrix import runner as matrix_runner
+from uffdharness.matrix.cachedir import cache_root
+
+HOST_PYTHON = str(Path(sys.executable))
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "uffdharness", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+# --- arguments and host tools ------------------------------------------------------------
+
+
+def test_kernel_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["matrix"])
+    assert exit_info.value.code == 2
+    assert "--kernel" in capsys.readouterr().err
+
+
+def test_bad_spec_is_named_before_anything_runs(capsys):
+    assert cli.main(["matrix", "--kernel", "host", "--kernel", "fedora:41"]) == 2
+    assert "unknown kernel spec 'fedora:41'" in capsys.readouterr().err
+
+
+def test_jobs_must_be_positive(capsys):
+    assert cli.main(["matrix", "--kernel", "host", "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+def test_missing_host_tools_give_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-system-x86_64 on it
+    monkeypatch.setattr(hosttools, "find_busybox", lambda candidates=(): None)
+    resolved = []
+    monkeypatch.setattr(kernels, "resolve", lambda spec, **kw: resolved.append(spec))
+    assert cli.main(["matrix", "--kernel", "debian:6.1", "--kernel", "host"]) == 2
+    err = capsys.readouterr().err
+    assert "qemu-system-x86_64 (qemu-system-x86): not found" in err
+    assert "busybox (busybox-static): not found" in err
+    assert err.rstrip().endswith("apt-get install -y busybox-static qemu-system-x86")
+    assert resolved == []  # nothing was fetched or booted
+
+
+def test_host_only_needs_no_qemu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(hosttools, "find_busybox", lambda candidates=(): None)
+    matrix_runner.require_tools(["host"])  # does not raise
+
+
+def test_python_under_tmp_is_refused_for_guests(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/tmp/venv/bin/python")
+    with pytest.raises(matrix_runner.MatrixError, match="lives under /tmp"):
+        matrix_runner.guest_python()
+
+
+def test_a_kernel_that_cannot_be_prepared_is_an_error_row_and_the_rest_run(
+        monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(matrix_runner, "require_tools", lambda specs: None)
+    monkeypatch.setattr(matrix_runner, "precompile", lambda: None)
+    missing = tmp_path / "bzImage"
+    out_json = tmp_path / "m.json"
+    rc = cli.main(["matrix", "--kernel", str(missing), "--kernel", "host", "-k", "api-probe",
+                   "--json", str(out_json)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"{missing}: cannot prepare the kernel" in captured.err
+    document = json.loads(out_json.read_text())
+    broken, host = document["kernels"]
+    assert [r["verdict"] for r in broken["results"]] == ["error"]
+    assert "no kernel image at" in broken["results"][0]["reason"]
+    assert [(r["id"], r["verdict"]) for r in host["results"]] == [("api-probe", "pass")]
+    assert document["summary"]["guest_failures"] == 1
+
+
+# --- the host kernel, end to end ---------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_matrix_on_the_host_kernel_end_to_end(tmp_path):
+    out_json, out_xml = tmp_path / "m.json", tmp_path / "m.xml"
+    done = run_cli("matrix", "--kernel", "host", "-k", "unregister-merge", "--json",
+                   str(out_json), "--junit", str(out_xml))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["host"]
+    assert lines[1].split() == ["scenario[memory]", str(_host_version())]
+    assert lines[2].split() == ["unregister-merge[anon]", "pass"]
+    assert "matrix: host: running on the host kernel" in done.stderr
+    document = json.loads(out_json.read_text())
+    (section,) = document["kernels"]
+    assert section["spec"] == "host" and section["guest"]["accel"] == "host"
+    assert section["kernel"]["release"] == os.uname().release
+    results = {r["memory"]: r for r in section["results"]}
+    assert results["anon"]["facts"]["vmas_after_unregister"] == 2
+    assert results["hugetlb"]["facts"]["vmas_after_unregister"] == 3 or \
+        results["hugetlb"]["verdict"] == "skip"
+    assert section["expectations"]["violations"] == []
+    assert section["expectations"]["checked"] >= 3
+    (suite,) = junitparser.JUnitXml.fromfile(str(out_xml))
+    assert suite.name == "host" and suite.failures == 0 and suite.errors == 0
+    assert suite.tests == len(section["results"]) + 1  # + the expectations case
+
+
+def _host_version():
+    from uffdharness.system import kernel_version
+
+    return kernel_version()
+
+
+# --- real guests: only with qemu and cached Debian kernels --------------------------------
+
+
+def _cached_spec(series: str) -> str:
+    problems = hosttools.check(hosttools.BOOT_TOOLS)
+    if problems:
+        pytest.skip(str(hosttools.MissingHostTools(problems)))
+    if HOST_PYTHON.startswith("/tmp/"):
+        pytest.skip(f"{HOST_PYTHON} lives under /tmp, which a guest replaces with a tmpfs")
+    for image in reversed(kernels.cached_kernels()):
+        if image.package_version and image.package_version.startswith(f"{series}."):
+            return f"debian:{image.package_version}"
+    pytest.skip(f"no Debian {series} kernel cached in {cache_root()} "
+                f"(uffdharness matrix --kernel debian:{series} downloads one)")
+
+
+@pytest.mark.timeout(300)
+def test_guests_in_parallel_show_the_merge_bug_on_6_1_and_the_fix_on_6_12(tmp_path):
+    old, new = _cached_spec("6.1"), _cached_spec("6.12")
+    out_json = tmp_path / "m.json"
+    done = run_cli("matrix", "--kernel", old, "--kernel", new, "-k", "unregister-merge",
+                   "--memory", "anon", "--jobs", "2", "--json", str(out_json), timeout=280)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[2].split() == ["unregister-merge[anon]", "known", "pass"]
+    document = json.loads(out_json.read_text())
+    verdicts = {k["spec"]: (k["results"][0]["verdict"],
+                            k["results"][0]["facts"]["vmas_after_unregister"])
+                for k in document["kernels"]}
+    assert verdicts == {old: ("known-bug", 3), new: ("pass", 2)}
+    for section in document["kernels"]:
+        assert section["guest"]["status"] == "ok" and section["guest"]["boot_s"] > 0
+        assert section["kernel"]["release"] == section["release"]
+
+
+@pytest.mark.timeout(120)
+def test_a_guest_that_outlives_its_timeout_is_a_hang_row_with_the_console(tmp_path):
+    spec = _cached_spec("6.12")
+    out_json = tmp_path / "m.json"
+    done = run_cli("matrix", "--kernel", spec, "-k", "api-probe", "--guest-timeout", "2",
+                   "--json", str(out_json), timeout=100)
+    assert done.returncode == 1
+    assert "(guest run)" in done.stdout and "HANG" in done.stdout
+    (section,) = json.loads(out_json.read_text())["kernels"]
+    (row,) = section["results"]
+    assert (row["id"], row["verdict"]) == ("guest", "hang")
+    assert row["reason"].startswith("killed after 2 s")
+    assert section["guest"]["status"] == "hang"
+    assert "console_tail" in section["guest"]

@@ -1,0 +1,187 @@
+"""What each kernel of a matrix run must show, as data, and the check against its results.
+
+A scenario judges one kernel by itself (pass / known-bug / fail ...). The matrix adds the
+cross-kernel claims a CI run should pin down: which kernels carry a known bug, which pass,
+and that a scenario needing something newer than the kernel skips and says why.
+
+Two sources, one record type (``Expectation``):
+- ``EXPECTATIONS``: written here, for behaviour and for gates the scenarios do not declare
+  (a register mode's feature on one memory kind, a syscall that learned hugetlb late);
+- ``declared_gates()``: derived from each scenario's declaration (``min_kernel`` and the
+  release that added each feature in ``features``), so a new scenario is covered at once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..abi import FEATURE_SINCE, Feature, flag_names
+from ..kernelversion import KernelVersion
+from ..kernelversion import parse as parse_version
+from ..runner import Result
+from ..scenarios.model import HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
+
+SHMEM_LIKE_KINDS = ("shmem", "memfd")
+FILE_BACKED_KINDS = SHMEM_LIKE_KINDS + HUGETLB_KINDS
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """``scenario`` (an id or a glob) on ``memory`` kinds must give ``verdict`` on kernels
+    in [since, before). ``facts`` must equal the result's facts of the same names. A
+    ``skip`` must also carry a reason naming a kernel version or feature newer than the
+    kernel (see ``reason_explained``)."""
+
+    scenario: str
+    memory: tuple[str, ...]
+    verdict: Verdict
+    why: str
+    since: str | None = None
+    before: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def applies(self, result: Result, version: KernelVersion) -> bool:
+        if not fnmatch.fnmatchcase(result.id, self.scenario) or result.memory not in self.memory:
+            return False
+        if self.since is not None and version < parse_version(self.since):
+            return False
+        return self.before is None or version < parse_version(self.before)
+
+    @property
+    def kernels(self) -> str:
+        if self.since and self.before:
+            return f"{self.since} <= kernel < {self.before}"
+        if self.since:
+            return f"kernel >= {self.since}"
+        return f"kernel < {self.before}" if self.before else "every kernel"
+
+
+@dataclass(frozen=True)
+class Violation:
+    id: str
+    memory: str
+    expected: str  # "known-bug, vmas_after_unregister=3"
+    observed: str  # "pass, vmas_after_unregister=2"
+    why: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}[{self.memory}]"
+
+    def __str__(self) -> str:
+        return f"{self.name}: expected {self.expected}, got {self.observed} ({self.why})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "memory": self.memory, "expected": self.expected,
+                "observed": self.observed, "why": self.why}
+
+
+_UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
+_HUGETLB_NEVER_MERGES = "hugetlb VMAs never merge (hugetlb_vm_ops has .close)"
+
+EXPECTATIONS: tuple[Expectation, ...] = (
+    # mmap 20 pages, register 0-9, unregister 5-9 (DESIGN.md section 5). Observed: 3 VMAs
+    # on Debian 5.10 and 6.1, 2 on 6.12, 6.18 and 7.x.
+    Expectation("unregister-merge", SMALL_PAGE_KINDS, "known-bug", before="6.4",
+                facts={"vmas_after_unregister": 3},
+                why=f"buggy before {_UFFD_MERGE}: 0-4 uffd, 5-9, 10-19"),
+    Expectation("unregister-merge", SMALL_PAGE_KINDS, "pass", since="6.4",
+                facts={"vmas_after_unregister": 2},
+                why=f"fixed by {_UFFD_MERGE}: 0-4 uffd, 5-19"),
+    Expectation("unregister-merge", HUGETLB_KINDS, "pass",
+                facts={"vmas_after_unregister": 3}, why=_HUGETLB_NEVER_MERGES),
+    # Register modes whose feature depends on the memory kind (scenarios/context.py asks
+    # for them at run time, so no scenario declares them).
+    Expectation("wp-*", FILE_BACKED_KINDS, "skip", before="5.19",
+                why="uffd-wp on shmem/hugetlbfs needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19)"),
+    Expectation("wp-*", ("anon",), "skip", before="5.10",
+                why="uffd-wp scenarios ask for UFFD_FEATURE_PAGEFAULT_FLAG_WP (5.10; the WP "
+                "register mode itself is 5.7)"),
+    Expectation("minor-continue", SHMEM_LIKE_KINDS, "skip", before="5.14",
+                why="minor faults on shmem need UFFD_FEATURE_MINOR_SHMEM (5.14)"),
+    Expectation("minor-continue", HUGETLB_KINDS, "skip", before="5.13",
+                why="minor faults on hugetlbfs need UFFD_FEATURE_MINOR_HUGETLBFS (5.13)"),
+    # Syscalls that learned hugetlb late: a scenario using them must skip, not error.
+    Expectation("mremap-roundtrip", HUGETLB_KINDS, "skip", before="5.16",
+                why="mremap() of hugetlb VMAs: 'mm, hugepages: add mremap() support for "
+                "hugepage backed vma' (5.16); older kernels return EINVAL"),
+    Expectation("event-remove", ("hugetlb-private",), "skip", before="5.18",
+                why="MADV_DONTNEED on hugetlb: 'mm: enable MADV_DONTNEED for hugetlb "
+                "mappings' (5.18); older kernels return EINVAL"),
+)
+
+
+def declared_gates(catalogue: Iterable[Scenario]) -> list[Expectation]:
+    """One skip expectation per scenario ``min_kernel`` and per declared feature."""
+    gates = []
+    for item in catalogue:
+        if item.min_kernel:
+            gates.append(Expectation(item.id, item.memory, "skip", before=item.min_kernel,
+                                     why=f"declared min_kernel {item.min_kernel}"))
+        for name in flag_names(item.features):
+            major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
+            if (major, minor) > (0, 0):
+                gates.append(Expectation(
+                    item.id, item.memory, "skip", before=f"{major}.{minor}",
+                    why=f"declares UFFD_FEATURE_{name} (added in {major}.{minor})"))
+    return gates
+
+
+def all_expectations() -> list[Expectation]:
+    from ..scenarios import CATALOGUE
+
+    return [*EXPECTATIONS, *declared_gates(CATALOGUE.values())]
+
+
+# What runner/scenario skip reasons look like: "needs kernel >= 6.7, running 6.1.192" and
+# "kernel lacks UFFD_FEATURE_WP_UNPOPULATED (added in 6.4)".
+_NEEDS_KERNEL = re.compile(r"needs kernel >= (\d+\.\d+(?:\.\d+)?)")
+_FEATURE_ADDED = re.compile(r"UFFD_FEATURE_\w+ \(added in (\d+\.\d+)\)")
+
+
+def reason_explained(reason: str, version: KernelVersion) -> bool:
+    """True when a skip reason names a kernel version or a feature newer than ``version``."""
+    named = _NEEDS_KERNEL.findall(reason) + _FEATURE_ADDED.findall(reason)
+    return any(version < parse_version(release) for release in named)
+
+
+def _describe(verdict: str, facts: Mapping[str, Any], names: Iterable[str]) -> str:
+    shown = [f"{name}={facts.get(name, '(absent)')}" for name in names]
+    return ", ".join([verdict, *shown])
+
+
+def check(version: KernelVersion, results: Sequence[Result],
+          expectations: Sequence[Expectation] | None = None) -> tuple[int, list[Violation]]:
+    """(number of expectations that applied, violations) for one kernel's results."""
+    expectations = all_expectations() if expectations is None else expectations
+    applied = 0
+    violations: list[Violation] = []
+    for result in results:
+        for expected in expectations:
+            if not expected.applies(result, version):
+                continue
+            applied += 1
+            problem = _mismatch(expected, result, version)
+            if problem:
+                violations.append(Violation(
+                    result.id, result.memory,
+                    _describe(expected.verdict, expected.facts, expected.facts),
+                    problem, f"{expected.why}; applies to {expected.kernels}"))
+    return applied, violations
+
+
+def _mismatch(expected: Expectation, result: Result, version: KernelVersion) -> str | None:
+    observed = _describe(result.verdict, result.facts, expected.facts)
+    if result.verdict != expected.verdict:
+        # the key repeats the facts already shown, so it only helps when none are
+        detail = result.reason or ("" if expected.facts else result.key)
+        return f"{observed}: {detail}" if detail else observed
+    if any(result.facts.get(name) != value for name, value in expected.facts.items()):
+        return observed
+    if expected.verdict == "skip" and not reason_explained(result.reason, version):
+        return f"skip with a reason naming nothing newer than {version}: {result.reason!r}"
+    return None

@@ -1,0 +1,235 @@
+"""Reports of a matrix run: the kernel x scenario table, merged JSON, JUnit per kernel.
+
+The JSON holds one section per kernel in the schema of ``uffdharness run --json``
+(``kernel``, ``summary``, ``results``) plus ``spec``, ``guest`` and ``expectations``;
+``load`` reads it back, so CI jobs that ran one kernel each can be merged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from .. import reports
+from ..runner import Result
+from .runner import GUEST_ROW_ID, KernelRun, exit_status, result_from_json
+
+SCHEMA = "uffdharness-matrix/1"
+# Cell text per verdict; the capitals are what needs a look.
+CELL = {"pass": "pass", "known-bug": "known", "fail": "FAIL", "skip": "skip",
+        "error": "ERROR", "hang": "HANG"}
+NOT_RUN = "-"
+VIOLATION_MARK = "!"
+LEGEND = (
+    "pass = behaves as a fixed kernel should    known = known-bug, kernel older than the fix\n"
+    "skip = cannot run here (reason in JSON)    FAIL / ERROR / HANG = needs a look\n"
+    f"{VIOLATION_MARK} = not what this kernel version must show (see below)    "
+    f"{NOT_RUN} = not run"
+)
+DETAIL_WIDTH = 220
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+def kernel_json(run: KernelRun) -> dict[str, Any]:
+    return {
+        "spec": run.spec,
+        "release": run.release or run.kernel.get("release", ""),
+        "package_version": run.package_version,
+        "kernel": run.kernel,
+        "summary": run.summary or {"counts": reports.counts(run.results),
+                                   "total": len(run.results)},
+        "results": [result.to_json() for result in run.results],
+        "guest": run.guest,
+        "expectations": {"checked": run.checked,
+                         "violations": [v.to_json() for v in run.violations]},
+    }
+
+
+def summary_json(runs: Sequence[KernelRun]) -> dict[str, Any]:
+    everything = [result for run in runs for result in run.results]
+    return {
+        "kernels": len(runs),
+        "counts": reports.counts(everything),
+        "total": len(everything),
+        "violations": sum(len(run.violations) for run in runs),
+        "guest_failures": sum(run.guest_failed for run in runs),
+        "ok": exit_status(runs) == 0,
+    }
+
+
+def to_json(runs: Sequence[KernelRun], wall_s: float | None = None,
+            options: dict[str, Any] | None = None) -> dict[str, Any]:
+    matrix: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if wall_s is not None:
+        matrix["wall_s"] = round(wall_s, 2)
+    matrix.update(options or {})
+    return {"matrix": matrix, "summary": summary_json(runs),
+            "kernels": [kernel_json(run) for run in runs]}
+
+
+def write_json(path: str, runs: Sequence[KernelRun], wall_s: float | None = None,
+               options: dict[str, Any] | None = None) -> None:
+    with open(path, "w") as out:
+        json.dump(to_json(runs, wall_s, options), out, indent=2, default=str)
+        out.write("\n")
+
+
+def runs_from_json(document: dict[str, Any]) -> list[KernelRun]:
+    """KernelRuns from a matrix JSON document (expectations are re-checked by the caller)."""
+    if "kernels" not in document:
+        raise ValueError("not a uffdharness matrix report (no 'kernels' list)")
+    runs = []
+    for section in document["kernels"]:
+        runs.append(KernelRun(
+            spec=section["spec"],
+            release=section.get("release", ""),
+            package_version=section.get("package_version"),
+            kernel=section.get("kernel", {}),
+            summary=section.get("summary", {}),
+            results=[result_from_json(item) for item in section.get("results", [])],
+            guest=section.get("guest", {}),
+        ))
+    return runs
+
+
+def load(path: str) -> list[KernelRun]:
+    with open(path) as source:
+        return runs_from_json(json.load(source))
+
+
+# --- JUnit -------------------------------------------------------------------------------
+
+def junit_suites(runs: Sequence[KernelRun]) -> list[tuple[str, list[Result]]]:
+    """One suite per kernel, named by its spec. The expectation check is one more test
+    case per kernel, failing with the violations, so CI shows them like any failure."""
+    suites = []
+    for run in runs:
+        results = list(run.results)
+        if run.version is not None:
+            results.append(expectations_row(run))
+        suites.append((run.spec, results))
+    return suites
+
+
+def expectations_row(run: KernelRun) -> Result:
+    facts = {"checked": run.checked, "violations": [v.to_json() for v in run.violations],
+             "release": run.release}
+    if run.violations:
+        reason = "; ".join(str(v) for v in run.violations)
+        return Result("matrix-expectations", "all", "fail", reason,
+                      f"{len(run.violations)} of {run.checked} expectations violated", facts)
+    return Result("matrix-expectations", "all", "pass", "",
+                  f"{run.checked} expectations hold", facts)
+
+
+def write_junit(path: str, runs: Sequence[KernelRun]) -> None:
+    reports.write_junit(path, junit_suites(runs))
+
+
+# --- the table ---------------------------------------------------------------------------
+
+def rows(runs: Sequence[KernelRun]) -> list[tuple[str, str]]:
+    """(scenario, memory) in catalogue order as the kernels reported them; guest rows last."""
+    seen: dict[tuple[str, str], None] = {}
+    for run in runs:
+        for result in run.results:
+            if result.id != GUEST_ROW_ID:
+                seen.setdefault((result.id, result.memory), None)
+    for run in runs:
+        for result in run.results:
+            if result.id == GUEST_ROW_ID:
+                seen.setdefault((result.id, result.memory), None)
+    return list(seen)
+
+
+def cell(run: KernelRun, scenario: str, memory: str) -> str:
+    result = next((r for r in run.results if (r.id, r.memory) == (scenario, memory)), None)
+    if result is None:
+        return NOT_RUN
+    text = CELL.get(result.verdict, result.verdict)
+    if any((v.id, v.memory) == (scenario, memory) for v in run.violations):
+        text += VIOLATION_MARK
+    return text
+
+
+def _version_label(run: KernelRun) -> str:
+    version = run.version
+    return str(version) if version is not None else (run.release or "?")
+
+
+def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = None) -> None:
+    """The kernel x scenario table, one line per kernel, then everything that needs a look."""
+    table_rows = rows(runs)
+    labels = [_row_label(scenario, memory) for scenario, memory in table_rows]
+    first = max([len(label) for label in labels] + [len("scenario[memory]")])
+    widths = [max(len(run.spec), len(_version_label(run)), 6) for run in runs]
+    out.write(_line("", [run.spec for run in runs], first, widths))
+    out.write(_line("scenario[memory]", [_version_label(run) for run in runs], first, widths))
+    for label, (scenario, memory) in zip(labels, table_rows, strict=True):
+        out.write(_line(label, [cell(run, scenario, memory) for run in runs], first, widths))
+    out.write(f"\n{LEGEND}\n\n")
+    width = max(len(run.spec) for run in runs) if runs else 0
+    for run in runs:
+        out.write(f"{run.spec:<{width}}  {run.release or '?'}  {_timing(run)}\n")
+    _print_attention(runs, out)
+    summary = summary_json(runs)
+    tally = ", ".join(f"{n} {v}" for v, n in summary["counts"].items() if n)
+    took = f" in {wall_s:.1f} s" if wall_s is not None else ""
+    out.write(f"\n{len(runs)} kernels, {summary['total']} results{took}: {tally or 'none'}; "
+              f"{summary['violations']} expectation violations, "
+              f"{summary['guest_failures']} guest failures\n")
+
+
+def _row_label(scenario: str, memory: str) -> str:
+    return "(guest run)" if scenario == GUEST_ROW_ID else f"{scenario}[{memory}]"
+
+
+def _line(label: str, cells: Iterable[str], first: int, widths: Sequence[int]) -> str:
+    body = "  ".join(f"{text:<{width}}" for text, width in zip(cells, widths, strict=True))
+    return f"{label:<{first}}  {body}".rstrip() + "\n"
+
+
+def _timing(run: KernelRun) -> str:
+    guest = run.guest
+    parts = [str(guest.get("status", "?"))]
+    if guest.get("accel") == "host":
+        parts.append(f"host, {guest.get('total_s') or 0:.1f} s")
+    elif guest.get("accel"):
+        boot = guest.get("boot_s")
+        parts.append(f"{guest['accel']}, boot {boot:.1f} s" if boot is not None
+                     else str(guest["accel"]))
+        parts.append(f"total {guest.get('total_s') or 0:.1f} s")
+    counts = reports.counts(run.results)
+    tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    expectations = (f"{len(run.violations)}/{run.checked} expectations violated"
+                    if run.violations else f"{run.checked} expectations hold")
+    return f"{', '.join(parts)}; {tally}; {expectations}"
+
+
+def _print_attention(runs: Sequence[KernelRun], out: TextIO) -> None:
+    violations = [(run, v) for run in runs for v in run.violations]
+    if violations:
+        out.write("\nexpectation violations:\n")
+        for run, violation in violations:
+            out.write(f"  {run.spec}: {_clip(str(violation))}\n")
+    bad = [(run, r) for run in runs for r in run.results
+           if r.verdict in ("fail", "error", "hang")]
+    if bad:
+        out.write("\nfail / error / hang:\n")
+        for run, result in bad:
+            label = _row_label(result.id, result.memory)
+            out.write(f"  {run.spec}: {label} {result.verdict}: {_clip(result.reason)}\n")
+            if result.id == GUEST_ROW_ID:
+                for name in ("console_tail", "stderr_tail"):
+                    tail = result.facts.get(name)
+                    if tail:
+                        out.write(f"    {name.replace('_', ' ')}:\n")
+                        out.writelines(f"      {line}\n" for line in tail.splitlines()[-15:])
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= DETAIL_WIDTH else text[:DETAIL_WIDTH - 3] + "..."
