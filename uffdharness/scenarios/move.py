@@ -44,10 +44,12 @@ def _bulk(ctx: Context, uffd: Userfaultfd, dst: Region) -> dict[str, Any]:
     after_dst = _pagemap(dst.addr, PAGES)
     after_src = _pagemap(src.addr, PAGES)
     src_empty = not any(e["present"] for e in after_src)
+    dst_present = all(e["present"] for e in after_dst)
     return {
         **moved,
-        "dst_data_intact": dst.find_indexed_mismatch(SEED, 0, PAGES) is None,
-        "dst_present": all(e["present"] for e in after_dst),
+        # Only read dst when every page is there: a missing one would block in a fault.
+        "dst_data_intact": dst_present and dst.find_indexed_mismatch(SEED, 0, PAGES) is None,
+        "dst_present": dst_present,
         # Root sees PFNs: the same frames now back dst (a remap, not a copy).
         "pfns_moved_not_copied": [e["pfn"] for e in before] == [e["pfn"] for e in after_dst]
         if before[0]["pfn"]
@@ -129,7 +131,9 @@ def _thp(ctx: Context, uffd: Userfaultfd) -> dict[str, Any]:
     huge = sum(vma.counters.anon_huge_pages for vma in read_smaps_range(src.addr, src.end))
     facts: dict[str, Any] = {"thp_enabled": mode, "src_anon_huge_bytes": huge}
     facts["split_move"] = _attempt(lambda: uffd.move(dst.addr, src.addr + 5 * PAGE_SIZE, PAGE_SIZE))
-    facts["split_move_data_ok"] = dst.read(0, PAGE_SIZE) == expected_page
+    facts["split_move_data_ok"] = (
+        _pagemap(dst.addr, 1)[0]["present"] and dst.read(0, PAGE_SIZE) == expected_page
+    )
     facts["split_neighbours_intact"] = (
         src.find_indexed_mismatch(SEED, 0, 5) is None
         and src.find_indexed_mismatch(SEED, 6, HUGE_PAGE_SIZE // PAGE_SIZE - 6) is None
@@ -140,9 +144,9 @@ def _thp(ctx: Context, uffd: Userfaultfd) -> dict[str, Any]:
     second = src.addr + HUGE_PAGE_SIZE
     facts["pmd_move"] = _attempt(lambda: uffd.move(whole.addr, second, HUGE_PAGE_SIZE))
     pages = HUGE_PAGE_SIZE // PAGE_SIZE
-    facts["pmd_move_data_ok"] = facts["pmd_move"]["result"] == "ok" and _holds_indexed(
-        whole.addr, pages, pages
-    )
+    facts["pmd_move_data_ok"] = all(
+        e["present"] for e in _pagemap(whole.addr, pages)
+    ) and _holds_indexed(whole.addr, pages, pages)
     facts["pmd_move_src_unmapped"] = not any(e["present"] for e in _pagemap(second, pages))
     facts["pmd_move_dst_anon_huge_bytes"] = sum(
         vma.counters.anon_huge_pages for vma in read_smaps_range(whole.addr, whole.end)
