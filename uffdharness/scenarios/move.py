@@ -1,4 +1,12 @@
-"""UFFDIO_MOVE (6.8): remap anonymous pages into a registered range without copying."""
+"""UFFDIO_MOVE (6.8): remap anonymous pages into a registered range without copying.
+
+The THP checks drive the two paths later fixes touched: moving one page out of a
+transparent huge page (split_folio in move_pages_pte) and moving a whole PMD
+(move_pages_huge_pmd). The 6.14 UFFDIO_MOVE fixes ("fix kernel BUG when userfaultfd_move
+encounters swapcache", "do not block on locking a large folio with raised refcount",
+"fix PTE unmapping stack-allocated PTE copies") need swap, a concurrent reference holder
+or CONFIG_HIGHPTE to show, so no known bug is encoded here.
+"""
 
 from __future__ import annotations
 
