@@ -155,6 +155,12 @@ def _bracketed(setting: str | None) -> str | None:
     return setting
 
 
+def kernel_warned() -> bool:
+    """TAINT_WARN (bit 9 of /proc/sys/kernel/tainted): the kernel has printed a WARN."""
+    with open("/proc/sys/kernel/tainted") as tainted:
+        return bool(int(tainted.read()) & (1 << 9))
+
+
 def probe_uffd_api() -> UffdApiFacts:
     """Features and ioctls the running kernel grants, or the reason none could be probed."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..maps import layout, read_smaps_range
+from ..system import kernel_warned
 from .context import Context
 from .model import ALL_KINDS, KnownBug, Observation
 from .registry import scenario
@@ -145,12 +146,6 @@ def unregister_middle(ctx: Context) -> Observation:
     return observation
 
 
-def _taint_warn() -> bool:
-    """TAINT_WARN (bit 9 of /proc/sys/kernel/tainted): the kernel printed a WARN."""
-    with open("/proc/sys/kernel/tainted") as tainted:
-        return bool(int(tainted.read()) & (1 << 9))
-
-
 @scenario(
     id="register-cuts-vma",
     title="Register and unregister a range that starts inside a VMA",
@@ -164,12 +159,12 @@ def _taint_warn() -> bool:
 def register_cuts_vma(ctx: Context) -> Observation:
     region = ctx.region(PAGES)
     uffd = ctx.uffd(ctx.mode_features("missing"))
-    warned_before = _taint_warn()
+    warned_before = kernel_warned()
     uffd.register(*_page_range(ctx, region, 5, 10))
     registered = _layout(ctx, region)
     uffd.unregister(*_page_range(ctx, region, 5, 10))
     unregistered = _layout(ctx, region)
-    warned_now = _taint_warn() and not warned_before
+    warned_now = kernel_warned() and not warned_before
     facts = {
         "layout_after_register": registered,
         "layout_after_unregister": unregistered,

@@ -30,11 +30,11 @@ from ..isolation import run_in_child
 from ..maps import read_smaps_range
 from ..memory import MemoryKind, Region, allocate
 from ..pagemap import Pagemap, PagemapFlag
+from ..system import kernel_warned
 from ..uffd import Userfaultfd
 from .context import Background, Context, next_event
 from .model import ALL_KINDS, SHARED_KINDS, KnownBug, Observation, Skip
 from .registry import scenario
-from .vma_merge import _taint_warn
 
 SEED = 0x3A11
 UNPROTECT = WriteProtectMode(0)
@@ -583,10 +583,10 @@ def _protect_and_move(kind: str, features: int, write: bool) -> dict[str, Any]:
         facts["events"] = len(uffd.read_events(timeout=0))
         # mprotect(PROT_WRITE) over a PTE still marked uffd-wp is what made
         # page_table_check WARN in the CVE report.
-        warned_before = _taint_warn()
+        warned_before = kernel_warned()
         region.mprotect(sc.PROT_READ)
         region.mprotect(sc.PROT_RW)
-        facts["kernel_warned"] = _taint_warn() and not warned_before
+        facts["kernel_warned"] = kernel_warned() and not warned_before
         facts["taint_warn_already_set"] = warned_before
         if write:
             writer = Background(region.touch, None, write=True)
