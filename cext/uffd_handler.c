@@ -1086,6 +1086,7 @@ struct uh_native {
     int stop;
     int result;
     int done;
+    int tid;
 };
 
 int uh_set_thread_cpu(int cpu)
@@ -1134,6 +1135,8 @@ static void *native_main(void *arg)
     struct uh_uffd_msg *msgs = calloc((size_t)nt->batch, sizeof(*msgs));
     struct pollfd pfd[UH_MAX_UFFDS + 1];
     int rc = msgs ? uh_set_thread_cpu(nt->cpu) : -ENOMEM;
+    pthread_setname_np(pthread_self(), "uffd-native");
+    __atomic_store_n(&nt->tid, (int)gettid(), __ATOMIC_RELEASE);
 
     while (rc == 0 && !__atomic_load_n(&nt->stop, __ATOMIC_ACQUIRE)) {
         if (nt->busy_poll) {
@@ -1227,6 +1230,11 @@ int uh_native_stop(struct uh_native *nt)
     return rc;
 }
 
+int uh_native_tid(struct uh_native *nt)
+{
+    return __atomic_load_n(&nt->tid, __ATOMIC_ACQUIRE);
+}
+
 int uh_native_done(struct uh_native *nt)
 {
     return __atomic_load_n(&nt->done, __ATOMIC_ACQUIRE);
@@ -1234,11 +1242,16 @@ int uh_native_done(struct uh_native *nt)
 
 /* ---- fork bridge ------------------------------------------------------------------- */
 
+/* The forking thread holds glibc's malloc and stdio locks until fork() returns, and fork()
+ * waits for this thread to read the event: so this thread must not allocate. The stash is
+ * allocated up front. */
+#define UH_BRIDGE_STASH 4096
+
 struct uh_bridge {
     pthread_t thread;
     int uffd, efd;
     struct uh_uffd_msg *stash;
-    size_t count, cap;
+    size_t count, cap, lost;
     int forks;
 };
 
@@ -1271,12 +1284,8 @@ static void *bridge_main(void *arg)
                 continue;
             }
             if (b->count == b->cap) {
-                size_t cap = b->cap ? b->cap * 2 : 64;
-                struct uh_uffd_msg *grown = realloc(b->stash, cap * sizeof(*grown));
-                if (!grown)
-                    continue;
-                b->stash = grown;
-                b->cap = cap;
+                b->lost++;
+                continue;
             }
             b->stash[b->count++] = buf[i];
         }
@@ -1290,10 +1299,13 @@ struct uh_bridge *uh_bridge_start(int uffd)
     if (!b)
         return NULL;
     b->uffd = uffd;
+    b->cap = UH_BRIDGE_STASH;
+    b->stash = calloc(b->cap, sizeof(*b->stash));
     b->efd = eventfd(0, EFD_CLOEXEC);
-    if (b->efd < 0 || pthread_create(&b->thread, NULL, bridge_main, b) != 0) {
+    if (!b->stash || b->efd < 0 || pthread_create(&b->thread, NULL, bridge_main, b) != 0) {
         if (b->efd >= 0)
             close(b->efd);
+        free(b->stash);
         free(b);
         return NULL;
     }
@@ -1310,7 +1322,7 @@ long uh_bridge_stop(struct uh_bridge *b, struct uh_uffd_msg *out, size_t max, in
     if (n)
         memcpy(out, b->stash, n * sizeof(*out));
     *forks_seen = b->forks;
-    long lost = (long)(b->count - n);
+    long lost = (long)(b->count - n + b->lost);
     free(b->stash);
     free(b);
     return lost ? -ENOSPC : (long)n;

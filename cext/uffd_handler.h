@@ -212,6 +212,8 @@ struct uh_native *uh_native_start(struct uh_core *core, int cpu, int busy_poll, 
 /* Stop (eventfd wake), join and free; returns 0 or the -errno of a failure. */
 int uh_native_stop(struct uh_native *native);
 int uh_native_done(struct uh_native *native);
+/* The engine thread's tid (0 until it has started). */
+int uh_native_tid(struct uh_native *native);
 
 /* Reads a uffd while this process forks a helper (the fork blocks until its
  * UFFD_EVENT_FORK is read); the helper's child uffd is closed, anything else is kept. */

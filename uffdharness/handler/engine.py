@@ -23,6 +23,11 @@ class Engine(ABC):
         """The failure that has ended the engine, without waiting (None while healthy)."""
 
     @property
+    def worker_id(self) -> int | None:
+        """The tid of the engine thread, or the pid of the helper process."""
+        return None
+
+    @property
     def core_in_use(self) -> bool:
         """False once nothing can touch the core any more (so it can be freed)."""
         return False

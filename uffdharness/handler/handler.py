@@ -212,6 +212,12 @@ class FaultHandler:
         return self._state == "running"
 
     @property
+    def worker_id(self) -> int | None:
+        """tid of the native or thread engine's thread, pid of the process engine's helper
+        (None unless running): what CPU placement and /proc inspection need."""
+        return self._engine.worker_id if self._engine is not None and self.running else None
+
+    @property
     def stats(self) -> HandlerStats:
         """Counters as of now (live while running; final after stop)."""
         return self._core.stats()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from .._native import ffi, lib
 from ..errors import HarnessError
 from .core import Core
@@ -42,6 +44,15 @@ class NativeEngine(Engine):
         if self._ptr != ffi.NULL and lib.uh_native_done(self._ptr):
             return self.core.stats_failure() or HarnessError("native handler ended")
         return None
+
+    @property
+    def worker_id(self) -> int | None:
+        if self._ptr == ffi.NULL:
+            return None
+        deadline = time.monotonic() + 1
+        while not (tid := lib.uh_native_tid(self._ptr)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return tid or None
 
     @property
     def core_in_use(self) -> bool:

@@ -126,6 +126,10 @@ class ProcessEngine(Engine):
         self._outcome = self._decode(status, killed)
         return self._outcome
 
+    @property
+    def worker_id(self) -> int | None:
+        return self.pid
+
     def failure(self) -> BaseException | None:
         if self.pid is None:
             return self._outcome

@@ -76,5 +76,9 @@ class ThreadEngine(Engine):
         return self._error
 
     @property
+    def worker_id(self) -> int | None:
+        return None if self._thread is None else self._thread.native_id
+
+    @property
     def core_in_use(self) -> bool:
         return self._thread is not None
