@@ -22,6 +22,7 @@ class NativeEngine(Engine):
         self.batch = batch
         self.release_on_stop = release_on_stop
         self._ptr = ffi.NULL
+        self._failure: BaseException | None = None
 
     def start(self) -> None:
         self._ptr = lib.uh_native_start(self.core.ptr, self.cpu, int(self.busy_poll), self.batch)
@@ -33,17 +34,24 @@ class NativeEngine(Engine):
         if ptr == ffi.NULL:
             return None
         rc = lib.uh_native_stop(ptr)
-        failure = self.core.stats_failure()
+        failure = self._recorded_failure()
         if rc < 0 and failure is None:
-            failure = HarnessError(f"native handler ended with error {-rc}")
+            failure = self._failure = HarnessError(f"native handler ended with error {-rc}")
         if failure is None:
             release_at_stop(self.core, self.release_on_stop)
         return failure
 
     def failure(self) -> BaseException | None:
         if self._ptr != ffi.NULL and lib.uh_native_done(self._ptr):
-            return self.core.stats_failure() or HarnessError("native handler ended")
+            return self._recorded_failure()
         return None
+
+    def _recorded_failure(self) -> BaseException | None:
+        """The failure in the shared counters, as one exception object (check() and stop()
+        hand out the same one)."""
+        if self._failure is None:
+            self._failure = self.core.stats_failure()
+        return self._failure
 
     @property
     def worker_id(self) -> int | None:
