@@ -28,6 +28,21 @@ def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 # --- arguments and host tools ------------------------------------------------------------
 
 
+def test_cli_default_guest_timeout_is_the_runners():
+    from uffdharness import matrix_command
+
+    assert matrix_command.DEFAULT_GUEST_TIMEOUT == matrix_runner.DEFAULT_GUEST_TIMEOUT
+
+
+def test_building_the_cli_does_not_import_the_matrix_package():
+    # every guest builds the parser; the matrix package (qemu, apt, cpio) is dead weight there
+    code = ("import sys; from uffdharness import cli; cli.build_parser(); "
+            "print('uffdharness.matrix' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_kernel_is_required(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["matrix"])

@@ -112,7 +112,10 @@ def test_reason_explained_by_version_or_feature():
     assert reason_explained("needs kernel >= 6.7, running 5.10.262", v)
     assert reason_explained("kernel lacks UFFD_FEATURE_POISON (added in 6.6)", v)
     assert not reason_explained("kernel lacks UFFD_FEATURE_SIGBUS (added in 4.14)", v)
+    assert reason_explained("pagemap does not report uffd-wp (bit 57, added in 5.14)", v)
     assert not reason_explained("needs root", v)
+    assert not reason_explained("madvise refused with EINVAL on 5.10.262", v)
+    assert not reason_explained("cannot reserve 20 x 2 MiB hugepages", v)
 
 
 def test_declared_gates_follow_the_scenario_declarations():
