@@ -121,10 +121,17 @@ def add_matrix_parser(subparsers: argparse._SubParsersAction) -> None:
     add(subparsers)
 
 
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    from uffdharness.benchmark import add_bench_parser as add
+
+    add(subparsers)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_info_parser,
     add_run_parser,
     add_matrix_parser,
+    add_bench_parser,
 ]
 
 
