@@ -238,7 +238,9 @@ def test_table_has_a_column_per_kernel_and_marks_violations():
     assert lines[4].split() == ["wp-async-pagemap-scan[anon]", "skip", "pass", "-"]
     assert lines[5].split() == ["(guest", "run)", "-", "-", "ERROR"]
     assert "known = known-bug" in text and "! = not what this kernel" in text
-    assert "expectation violations:\n  debian:6.12: unregister-merge[anon]: expected pass" in text
+    assert ("expectation violations:\n  debian:6.12: unregister-merge[anon]: expected pass, "
+            "vmas_after_unregister=2, got known-bug, vmas_after_unregister=3\n      why: fixed by "
+            in text)
     assert "debian:5.10: (guest run) error: cannot prepare the kernel: no network" in text
     assert "3 kernels, 7 results in 42.0 s" in text
     assert "1 expectation violations, 1 guest failures" in text

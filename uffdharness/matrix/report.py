@@ -214,7 +214,8 @@ def _print_attention(runs: Sequence[KernelRun], out: TextIO) -> None:
     if violations:
         out.write("\nexpectation violations:\n")
         for run, violation in violations:
-            out.write(f"  {run.spec}: {_clip(str(violation))}\n")
+            out.write(f"  {run.spec}: {violation.name}: expected {violation.expected}, got "
+                      f"{_clip(violation.observed)}\n      why: {_clip(violation.why)}\n")
     bad = [(run, r) for run in runs for r in run.results
            if r.verdict in ("fail", "error", "hang")]
     if bad:
