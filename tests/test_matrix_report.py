@@ -315,3 +315,13 @@ def test_merge_rejects_files_that_are_not_matrix_reports(tmp_path, capsys):
     assert merge.main([str(path)], io.StringIO()) == 2
     assert "not a uffdharness matrix report" in capsys.readouterr().err
     assert merge.main([str(tmp_path / "missing.json")], io.StringIO()) == 2
+
+
+def test_a_kernel_path_is_headed_by_its_file_name_unless_that_is_ambiguous():
+    def at(spec):
+        return kernel_run(spec, "6.12.117", [merge_row("anon", "pass", 2)])
+
+    runs = [at("/build/a/arch/x86/boot/bzImage,modules=/build/a/mod"), at("debian:6.12")]
+    assert report.column_labels(runs) == ["bzImage", "debian:6.12"]
+    twins = [at("/build/a/bzImage"), at("/build/b/bzImage")]
+    assert report.column_labels(twins) == ["/build/a/bzImage", "/build/b/bzImage"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from .. import reports
@@ -155,6 +156,13 @@ def cell(run: KernelRun, scenario: str, memory: str) -> str:
     return text
 
 
+def column_labels(runs: Sequence[KernelRun]) -> list[str]:
+    """Column headings: the spec, or a kernel path's file name when that stays unique."""
+    short = [Path(run.spec.split(",", 1)[0]).name if "/" in run.spec else run.spec
+             for run in runs]
+    return short if len(set(short)) == len(short) else [run.spec for run in runs]
+
+
 def _version_label(run: KernelRun) -> str:
     version = run.version
     return str(version) if version is not None else (run.release or "?")
@@ -165,15 +173,17 @@ def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = N
     table_rows = rows(runs)
     labels = [_row_label(scenario, memory) for scenario, memory in table_rows]
     first = max([len(label) for label in labels] + [len("scenario[memory]")])
-    widths = [max(len(run.spec), len(_version_label(run)), 6) for run in runs]
-    out.write(_line("", [run.spec for run in runs], first, widths))
+    headings = column_labels(runs)
+    widths = [max(len(heading), len(_version_label(run)), 6)
+              for heading, run in zip(headings, runs, strict=True)]
+    out.write(_line("", headings, first, widths))
     out.write(_line("scenario[memory]", [_version_label(run) for run in runs], first, widths))
     for label, (scenario, memory) in zip(labels, table_rows, strict=True):
         out.write(_line(label, [cell(run, scenario, memory) for run in runs], first, widths))
     out.write(f"\n{LEGEND}\n\n")
-    width = max(len(run.spec) for run in runs) if runs else 0
-    for run in runs:
-        out.write(f"{run.spec:<{width}}  {run.release or '?'}  {_timing(run)}\n")
+    width = max(len(heading) for heading in headings) if runs else 0
+    for heading, run in zip(headings, runs, strict=True):
+        out.write(f"{heading:<{width}}  {run.release or '?'}  {_timing(run)}\n")
     _print_attention(runs, out)
     summary = summary_json(runs)
     tally = ", ".join(f"{n} {v}" for v, n in summary["counts"].items() if n)
