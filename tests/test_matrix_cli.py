@@ -104,6 +104,26 @@ def test_a_kernel_that_cannot_be_prepared_is_an_error_row_and_the_rest_run(
     assert document["summary"]["guest_failures"] == 1
 
 
+def test_an_unexpected_failure_preparing_one_kernel_spares_the_others(monkeypatch):
+    real_resolve = kernels.resolve
+
+    def resolve(spec, **kwargs):
+        if spec == "debian:6.1":
+            raise subprocess.CalledProcessError(1, ["depmod", "-b", "/x", "6.1.0-56-amd64"])
+        return real_resolve(spec, **kwargs)
+
+    monkeypatch.setattr(kernels, "resolve", resolve)
+    monkeypatch.setattr(matrix_runner, "precompile", lambda: None)
+    lines = []
+    runs = matrix_runner.run_matrix(["debian:6.1", "host"],
+                                    matrix_runner.MatrixOptions(pattern="api-probe"),
+                                    lines.append)
+    assert [r.verdict for r in runs[0].results] == ["error"]
+    assert "CalledProcessError" in runs[0].results[0].reason
+    assert [r.verdict for r in runs[1].results] == ["pass"]
+    assert any(line.startswith("debian:6.1: cannot prepare the kernel") for line in lines)
+
+
 # --- the host kernel, end to end ---------------------------------------------------------
 
 

@@ -199,9 +199,12 @@ def run_kernel(spec: str, options: MatrixOptions, python: str, config: GuestConf
     started = time.monotonic()
     try:
         image = kernels.resolve(spec)
-    except (kernels.KernelFetchError, hosttools.MissingHostTools, SpecError, OSError) as exc:
-        say(f"{spec}: cannot prepare the kernel: {exc}")
-        return failed_run(spec, "error", f"cannot prepare the kernel: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a download, dpkg-deb or depmod failure of one
+        # kernel must not stop the others
+        expected = (kernels.KernelFetchError, hosttools.MissingHostTools, SpecError, OSError)
+        what = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
+        say(f"{spec}: cannot prepare the kernel: {what}")
+        return failed_run(spec, "error", f"cannot prepare the kernel: {what}")
     if image.is_host:
         say(f"{spec}: running on the host kernel {image.release}")
     else:
