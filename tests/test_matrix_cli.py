@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import junitparser
 import pytest
@@ -16,8 +15,6 @@ from uffdharness import cli
 from uffdharness.matrix import hosttools, kernels
 from uffdharness.matrix import runner as matrix_runner
 from uffdharness.matrix.cachedir import cache_root
-
-HOST_PYTHON = str(Path(sys.executable))
 
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -166,8 +163,10 @@ def _cached_spec(series: str) -> str:
     problems = hosttools.check(hosttools.BOOT_TOOLS)
     if problems:
         pytest.skip(str(hosttools.MissingHostTools(problems)))
-    if HOST_PYTHON.startswith("/tmp/"):
-        pytest.skip(f"{HOST_PYTHON} lives under /tmp, which a guest replaces with a tmpfs")
+    try:
+        matrix_runner.guest_python()
+    except matrix_runner.MatrixError as exc:
+        pytest.skip(str(exc))
     for image in reversed(kernels.cached_kernels()):
         if image.package_version and image.package_version.startswith(f"{series}."):
             return f"debian:{image.package_version}"
