@@ -1253,6 +1253,7 @@ struct uh_bridge {
     struct uh_uffd_msg *stash;
     size_t count, cap, lost;
     int forks;
+    int close_first_fork;
 };
 
 static void *bridge_main(void *arg)
@@ -1276,13 +1277,15 @@ static void *bridge_main(void *arg)
             continue;
         }
         for (size_t i = 0; i < (size_t)got / sizeof(buf[0]); i++) {
-            if (buf[i].event == UH_UFFD_EVENT_FORK && b->forks == 0) {
+            if (buf[i].event == UH_UFFD_EVENT_FORK && b->close_first_fork && !b->forks) {
                 /* The helper's own copy of the registered ranges: closing the child uffd
                  * unregisters them in the helper, which never touches them. */
                 close((int)buf[i].arg.fork.ufd);
                 b->forks++;
                 continue;
             }
+            if (buf[i].event == UH_UFFD_EVENT_FORK)
+                b->forks++;
             if (b->count == b->cap) {
                 b->lost++;
                 continue;
@@ -1293,12 +1296,13 @@ static void *bridge_main(void *arg)
     return NULL;
 }
 
-struct uh_bridge *uh_bridge_start(int uffd)
+struct uh_bridge *uh_bridge_start(int uffd, int close_first_fork)
 {
     struct uh_bridge *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->uffd = uffd;
+    b->close_first_fork = close_first_fork;
     b->cap = UH_BRIDGE_STASH;
     b->stash = calloc(b->cap, sizeof(*b->stash));
     b->efd = eventfd(0, EFD_CLOEXEC);

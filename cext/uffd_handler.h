@@ -215,9 +215,11 @@ int uh_native_done(struct uh_native *native);
 /* The engine thread's tid (0 until it has started). */
 int uh_native_tid(struct uh_native *native);
 
-/* Reads a uffd while this process forks a helper (the fork blocks until its
- * UFFD_EVENT_FORK is read); the helper's child uffd is closed, anything else is kept. */
-struct uh_bridge *uh_bridge_start(int uffd);
+/* Reads a uffd from a C thread while this process forks (fork() blocks until its
+ * UFFD_EVENT_FORK is read, and the forking thread holds the GIL and glibc's malloc lock).
+ * Every message is kept for the engine to take over; with close_first_fork the first
+ * fork event's child uffd is closed instead (a helper's own copy of the ranges). */
+struct uh_bridge *uh_bridge_start(int uffd, int close_first_fork);
 long uh_bridge_stop(struct uh_bridge *bridge, struct uh_uffd_msg *out, size_t max,
                     int *forks_seen);
 

@@ -102,6 +102,36 @@ def test_fork_child_served(engine, kind, uffd_factory, region_factory):
     assert stats.errors == {}
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_os_fork_child_served(engine, uffd_factory, region_factory):
+    """os.fork() holds the GIL while fork() waits for the event to be read: the thread
+    engine reads it through its at-fork bridge; native and process need nothing special.
+    The child is Python and touches through the GIL-releasing region helpers."""
+    uffd = uffd_factory(Feature.EVENT_FORK)
+    region = region_factory("anon", 8)
+    uffd.register(region)
+    handler = FaultHandler(uffd, FillIndexed(SEED), region, engine=engine)
+    with handler:
+        run_touch(region, [0, 1], on_hang=handler.stop)
+
+        def fork_and_check() -> int:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = 2
+                try:
+                    region.touch()
+                    code = 0 if region.find_indexed_mismatch(SEED) is None else 1
+                finally:
+                    os._exit(code)
+            return os.waitpid(pid, 0)[1]
+
+        status = in_thread(fork_and_check)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    stats = handler.stats
+    assert stats.events["fork"] == 1 and stats.uffds_adopted == 1
+    assert stats.faults.missing_read == 8 and stats.errors == {}
+
+
 def test_process_engine_takes_over_faults_queued_before_it_starts(uffd_factory, region_factory):
     """With EVENT_FORK, forking the helper reads the uffd from a C thread: a fault queued
     before start() is read there and handed to the helper, not lost."""

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from .._native import lib
+from ..abi import Feature
 from ..errors import HarnessError
 from ..memory import PAGE_SIZE
 from ..uffd import Userfaultfd
@@ -159,10 +160,13 @@ class FaultHandler:
                 release_on_stop=self.release_on_stop,
             )
         if self.engine_name == "thread":
-            return ThreadEngine(
+            engine = ThreadEngine(
                 self._core, self._wake_fd, cpu=self.cpu, batch=self.batch,
                 release_on_stop=self.release_on_stop, stop_timeout=self.stop_timeout,
             )
+            features = self.uffd.features
+            engine.watch_fork = features is None or bool(features & Feature.EVENT_FORK)
+            return engine
         return ProcessEngine(
             self._core, self.uffd.fileno(), cpu=self.cpu, batch=self.batch,
             release_on_stop=self.release_on_stop, stop_timeout=self.stop_timeout,

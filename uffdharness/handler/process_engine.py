@@ -68,7 +68,7 @@ class ProcessEngine(Engine):
         wake_r, wake_w = os.pipe()
         result_r, result_w = os.pipe()
         hello_r, hello_w = os.pipe()
-        bridge = lib.uh_bridge_start(self.uffd_fd)
+        bridge = lib.uh_bridge_start(self.uffd_fd, 1)
         if bridge == ffi.NULL:
             for fd in (wake_r, wake_w, result_r, result_w, hello_r, hello_w):
                 os.close(fd)
