@@ -1008,6 +1008,36 @@ static int event(struct uh_core *c, int ui, const struct uh_uffd_msg *m)
     return rc;
 }
 
+/* Apply the events set aside while retrying ioctls, keeping only the faults: a stopping
+ * engine must not drop a fork event (its child uffd fd would leak) or lose its count. */
+static void flush_events(struct uh_core *c)
+{
+    int n = c->nuffds;
+    for (int i = 0; i < n; i++) {
+        struct uh_served *s = c->uffds[i];
+        size_t count = s->backlog_count, kept = 0;
+        for (size_t j = 0; j < count; j++) {
+            size_t at = (s->backlog_head + j) % UH_BACKLOG;
+            struct uh_uffd_msg m = s->backlog[at];
+            if (m.event != UH_UFFD_EVENT_PAGEFAULT) {
+                event(c, i, &m);
+                continue;
+            }
+            size_t to = (s->backlog_head + kept++) % UH_BACKLOG;
+            s->backlog[to] = m;
+            s->backlog_t[to] = s->backlog_t[at];
+        }
+        s->backlog_count = kept;
+    }
+}
+
+void uh_core_flush_events(struct uh_core *c)
+{
+    pthread_mutex_lock(&c->lock);
+    flush_events(c);
+    pthread_mutex_unlock(&c->lock);
+}
+
 int uh_core_event(struct uh_core *c, int ui, const struct uh_uffd_msg *m)
 {
     pthread_mutex_lock(&c->lock);
@@ -1038,6 +1068,7 @@ static int release(struct uh_core *c, int reason)
 {
     struct uh_stats *st = c->stats;
     int released = 0;
+    flush_events(c);
     for (int i = 0; i < c->nuffds; i++) {
         struct uh_served *s = c->uffds[i];
         if (s->fd < 0)
@@ -1192,6 +1223,8 @@ static void *native_main(void *arg)
     }
     if (rc < 0 && rc != -ENOMEM)
         uh_core_release(c, UH_RELEASE_FAILURE);
+    else
+        uh_core_flush_events(c);
     free(msgs);
     nt->result = rc;
     __atomic_store_n(&nt->done, 1, __ATOMIC_RELEASE);

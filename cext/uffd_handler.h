@@ -198,6 +198,8 @@ void uh_core_leave(struct uh_core *core, const struct uh_fault_info *fault);
 /* Bookkeeping for a non-pagefault message; returns the new uffd index for a fork, else 0. */
 int uh_core_event(struct uh_core *core, int uffd, const struct uh_uffd_msg *msg);
 /* Faults read and not resolved, or messages waiting: someone would sleep forever. */
+/* Apply events still set aside (stopping engines call it; release does too). */
+void uh_core_flush_events(struct uh_core *core);
 int uh_core_left_behind(struct uh_core *core);
 /* Unregister and wake every served range (close adopted uffds); records the reason. */
 int uh_core_release(struct uh_core *core, int reason);

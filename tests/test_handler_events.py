@@ -13,6 +13,7 @@ import pytest
 from test_handler_support import (  # noqa: F401 - no_leaks is a fixture
     ENGINES,
     assert_indexed,
+    kinds,
     missing_features,
     need,
     no_leaks,
@@ -60,7 +61,7 @@ def in_thread(fn, *args):
     return result[0] if result else None
 
 
-@pytest.mark.parametrize("kind", ["anon", "shmem", "hugetlb"])
+@pytest.mark.parametrize("kind", kinds("anon", "shmem", "hugetlb"))
 @pytest.mark.parametrize("engine", ENGINES)
 def test_fork_child_served(engine, kind, uffd_factory, region_factory):
     """fork() with EVENT_FORK: the handler adopts the child's uffd and serves its faults.

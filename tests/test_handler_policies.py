@@ -15,6 +15,7 @@ from test_handler_support import (  # noqa: F401 - no_leaks is a fixture
     assert_indexed,
     assert_pattern,
     assert_zero,
+    kinds,
     minor_features,
     missing_features,
     need,
@@ -164,6 +165,7 @@ def test_zeropage(engine, kind, uffd_factory, region_factory):
     assert_clean(stats, 8, PAGE_SIZE)
 
 
+@pytest.mark.requires_hugepages(2)
 @pytest.mark.parametrize("engine", ENGINES)
 def test_zeropage_on_hugetlb_fails_and_releases(engine, uffd_factory, region_factory):
     """UFFDIO_ZEROPAGE is not offered on hugetlb (EINVAL): the engine records the failure,
@@ -275,7 +277,7 @@ def test_combining_two_actions_for_one_kind_is_refused():
 # --- readahead and delay -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["anon", "shmem", "hugetlb"])
+@pytest.mark.parametrize("kind", kinds("anon", "shmem", "hugetlb"))
 @pytest.mark.parametrize("engine", ENGINES)
 def test_readahead_sequential(engine, kind, uffd_factory, region_factory):
     pages = pages_for(kind)

@@ -19,14 +19,28 @@ from uffdharness.abi import Feature
 from uffdharness.memory import MemoryKind, Region
 from uffdharness.uffd import probe_api
 
+SMALL_PAGES = 16
+HUGE_PAGES = 4
+HUGE_POOL = 2 * HUGE_PAGES  # the most a hugetlb test maps at once
+TOUCH_TIMEOUT = 5.0
+
+
+def kinds(*names: str) -> list:
+    """Parameters for memory kinds; hugetlb ones reserve their own pool for the test (and
+    skip with the reason when the kernel cannot grant it), so no reservation outlives them."""
+    return [
+        pytest.param(name, marks=pytest.mark.requires_hugepages(HUGE_POOL))
+        if MemoryKind(name).is_hugetlb
+        else name
+        for name in names
+    ]
+
+
 ENGINES = ("native", "thread", "process")
 PY_ENGINES = ("thread", "process")
 SMALL_KINDS = ("anon", "shmem", "memfd")
-COPY_KINDS = ("anon", "shmem", "memfd", "hugetlb")
-FILE_KINDS = ("shmem", "memfd", "hugetlb")  # page cache behind the mapping
-SMALL_PAGES = 16
-HUGE_PAGES = 4
-TOUCH_TIMEOUT = 5.0
+COPY_KINDS = kinds("anon", "shmem", "memfd", "hugetlb")
+FILE_KINDS = kinds("shmem", "memfd", "hugetlb")  # page cache behind the mapping
 
 
 def _snapshot() -> tuple[set[str], int, int, set[int]]:

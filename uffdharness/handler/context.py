@@ -177,6 +177,7 @@ class PythonLoop:
                 if count < 0:
                     raise UffdError(-count, "poll(uffd)")
                 if woken[0] and self.should_stop():
+                    lib.uh_core_flush_events(ptr)
                     return
                 mask = ready[0]
                 while mask:
