@@ -407,16 +407,24 @@ def _why(report: BenchReport, figure: Figure) -> str:
         return ("one fault already resolves a page quickly here, so a 64-page window "
                 "saves less than the per-page COPY cost it keeps")
     reference = report.find(figure.workload, "c-loop", figure.placement)
-    if not reference or not figure.median:
+    if not reference or not figure.median or not reference.median:
         return ""
     per_fault = 1e6 / figure.median
     per_fault_c = 1e6 / reference.median
     handler = statistics.median(figure.handler_us) if figure.handler_us else 0.0
-    return (
+    share = handler / per_fault if per_fault else 0.0
+    text = (
         f"{per_fault:.1f} us per fault against {per_fault_c:.1f} us for the C loop; the "
-        f"handler holds each fault {handler:.1f} us from read to resolve, the rest is the "
-        "fault, the wake-up and the switch back to the toucher"
+        f"handler holds a fault {handler:.1f} us from read to resolve ({share:.0%} of the "
+        "round trip), the rest is the fault itself, the wake-up and the switches"
     )
+    if figure.high >= reference.low and reference.high >= figure.low:
+        text += (f"; the two ranges overlap ({_rate(figure.low)}..{_rate(figure.high)} vs "
+                 f"{_rate(reference.low)}..{_rate(reference.high)}): within this run's spread")
+    if figure.placement == "cross-cpu" and share < 0.25:
+        text += ("; across CPUs both loops mostly wait for the other vCPU to wake from "
+                 "halt, which no handler code can shorten (busy-poll avoids it)")
+    return text
 
 
 # ---- command line ------------------------------------------------------------------------
