@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import syscalls as sc
 from .._native import ffi, lib
 from ..errors import HarnessError
+from ..memory import PAGE_SIZE
 
 if TYPE_CHECKING:
     from .context import FaultContext
@@ -359,6 +360,20 @@ class Resources:
             self._opened[id(source)] = opened
             self._keep.append(source)
         return opened
+
+    def populate(self) -> None:
+        """Map every source page into this process's page tables. A forked helper does not
+        inherit the page tables of shared mappings, and UFFDIO_COPY first reads the source
+        with page faults disabled: an unmapped source page makes the kernel fall back to a
+        slower path (drop locks, copy with faults allowed, retry)."""
+        for opened in self._opened.values():
+            if opened.length:
+                try:
+                    start = opened.address & ~(PAGE_SIZE - 1)
+                    length = opened.address + opened.length - start
+                    sc.madvise(start, length, sc.MADV_POPULATE_READ)
+                except OSError:
+                    pass  # a hint only: COPY still works on the slower path
 
     def keep(self, obj: Any) -> Any:
         self._keep.append(obj)

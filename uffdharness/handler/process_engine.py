@@ -194,6 +194,7 @@ class ProcessEngine(Engine):
                 lib.uh_core_push_backlog(self.core.ptr, 0, msgs, count)
             if self.cpu is not None:
                 os.sched_setaffinity(0, {self.cpu})
+            self.core.resources.populate()
             # The wake pipe is the stop signal, and its EOF means the parent has gone.
             self.core.rebind_wake(wake_r)
             PythonLoop(self.core, self.batch, lambda: True).run()
