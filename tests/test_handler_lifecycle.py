@@ -29,7 +29,9 @@ from uffdharness.handler import (
     FillIndexed,
     Never,
     Policy,
+    Readahead,
     ReleaseReason,
+    Unprotect,
 )
 from uffdharness.memory import PAGE_SIZE, allocate
 from uffdharness.uffd import Userfaultfd
@@ -80,7 +82,26 @@ def test_stop_when_idle_is_fast(engine, busy_poll, uffd_factory, region_factory)
     elapsed = time.monotonic() - started
     assert elapsed < STOP_BUDGET, f"stop() took {elapsed * 1000:.1f} ms"
     assert_indexed(region, SEED)
-    assert handler.stats.faults.missing_read == 4
+    stats = handler.stats
+    assert stats.faults.missing_read == 4
+    latency = stats.latency
+    assert latency.count == 4
+    assert 0 < latency.min_us <= latency.median_us <= latency.p99_us <= latency.max_us
+
+
+def test_options_checked(uffd_factory):
+    uffd = uffd_factory(Feature(0))
+    with pytest.raises(ValueError, match="engine must be one of"):
+        FaultHandler(uffd, FillIndexed(1), engine="fibre")
+    with pytest.raises(ValueError, match="busy_poll"):
+        FaultHandler(uffd, FillIndexed(1), engine="thread", busy_poll=True)
+    with pytest.raises(TypeError, match="no policy"):
+        FaultHandler(uffd, None, (0x10000, PAGE_SIZE))
+    with pytest.raises(ValueError, match="readahead"):
+        Readahead(FillIndexed(1), 0)
+    assert repr(Readahead(FillIndexed(1) | Unprotect(record=True), 8)) == (
+        "Builtin(missing=indexed, wp=unprotect+record, readahead=8)"
+    )
 
 
 @pytest.mark.parametrize("release_on_stop", [True, False])
