@@ -93,6 +93,7 @@ class BenchReport:
     figures: list[Figure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    other_load: float = 0.0  # share of all CPU time other processes used during the run
 
     def find(self, workload: str, engine: str, placement: str) -> Figure | None:
         for figure in self.figures:
@@ -112,6 +113,7 @@ class BenchReport:
             "placements": [asdict(p) for p in self.placements],
             "figures": [figure.to_json() for figure in self.figures],
             "skipped": self.skipped,
+            "other_load": self.other_load,
             "missed": [f"{f.workload}/{f.engine}/{f.placement}" for f in self.missed],
             "notes": notes(self),
             "seconds": self.seconds,
@@ -255,8 +257,19 @@ def placements() -> list[Placement]:
     return found
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy seconds of every CPU, seconds this process and its reaped children used)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system
+
+
 def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     started = time.monotonic()
+    busy_before, own_before = _cpu_seconds()
     report = BenchReport(config, placements())
     say = progress or (lambda _text: None)
     with ExitStack() as stack:
@@ -300,6 +313,10 @@ def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> B
                                    "pages/s").samples.append(readahead.pages / seconds)
     _ratios(report)
     report.seconds = time.monotonic() - started
+    busy_after, own_after = _cpu_seconds()
+    available = report.seconds * len(os.sched_getaffinity(0))
+    others = (busy_after - busy_before) - (own_after - own_before)
+    report.other_load = max(0.0, others / available) if available else 0.0
     return report
 
 
@@ -369,13 +386,20 @@ def render(report: BenchReport) -> str:
         lines.append(f"skipped: {text}")
     lines.append("")
     lines.extend(notes(report))
-    lines.append(f"took {report.seconds:.1f}s")
+    lines.append(
+        f"took {report.seconds:.1f}s; other processes used {report.other_load:.0%} of the CPUs"
+    )
     return "\n".join(lines) + "\n"
 
 
 def notes(report: BenchReport) -> list[str]:
     """Busy-poll verdict, then one line per missed target with what the run shows about it."""
     found = []
+    if report.other_load > 0.1:
+        found.append(
+            f"WARNING: other processes used {report.other_load:.0%} of the CPUs during the "
+            "run: the figures are disturbed, compare them with care"
+        )
     for placement in report.placements:
         for figure in report.figures:
             if figure.engine != "native-busy" or figure.placement != placement.name:
