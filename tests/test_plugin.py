@@ -57,6 +57,23 @@ def test_readme_style_custom_check(pytester):
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
+def test_fault_handler_fixture_serves_and_stops(pytester):
+    pytester.makepyfile(
+        """
+        from uffdharness.handler import FillIndexed
+
+        def test_served(uffd, region_factory, fault_handler):
+            region = region_factory("memfd", 8)
+            uffd.register(region)
+            handler = fault_handler(uffd, FillIndexed(7), region, engine="native")
+            region.touch()
+            assert region.find_indexed_mismatch(7) is None
+            assert handler.stats.faults.missing == 8
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="reserving hugepages needs root")
 def test_requires_hugepages_reserves_and_restores(pytester):
     before = counts().persistent

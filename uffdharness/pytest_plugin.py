@@ -1,7 +1,8 @@
 """pytest plugin: fixtures and markers for writing kernel checks, and the catalogue as items.
 
 Registered through the ``pytest11`` entry point, so it is active wherever uffdharness is
-installed. Markers:
+installed. Fixtures: ``kernel``, ``uffd_features``, ``uffd``, ``uffd_factory``,
+``region_factory``, ``hugepages``, ``fault_handler``. Markers:
 
 - ``requires_kernel(">=6.4")``: skip unless the running kernel matches the spec.
 - ``requires_feature("MOVE", ...)``: skip unless UFFDIO_API offers these features.
@@ -184,6 +185,26 @@ def region_factory(request: pytest.FixtureRequest) -> Iterator:
     yield make
     for region in regions:
         region.close()
+
+
+@pytest.fixture
+def fault_handler() -> Iterator:
+    """``start(uffd, policy, regions, engine="native", **options)``: a started FaultHandler,
+    stopped at teardown; a policy's exception is re-raised there and fails the test."""
+    from .handler import FaultHandler
+
+    started: list[FaultHandler] = []
+
+    def start(uffd: Userfaultfd, policy=None, regions=(), **options) -> FaultHandler:
+        handler = FaultHandler(uffd, policy, regions, **options)
+        handler.start()
+        started.append(handler)
+        return handler
+
+    yield start
+    for handler in reversed(started):
+        if handler.running:
+            handler.stop()
 
 
 # --- the catalogue as items ---------------------------------------------------------------------

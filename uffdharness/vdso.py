@@ -15,9 +15,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from uffdharness.kernelversion import KernelVersion
 
 __all__ = [
@@ -127,6 +124,11 @@ def read_vdso_image(mapping: VdsoMapping | None = None) -> bytes:
 
 def version_from_elf(image: bytes) -> KernelVersion:
     """Decode the LINUX_VERSION_CODE note of an ELF image (a vDSO)."""
+    # Imported here: pyelftools costs ~0.9 s per interpreter start in a TCG guest, and
+    # most commands never read the vDSO.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(image))
         for segment in elf.iter_segments():

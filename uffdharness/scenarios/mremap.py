@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import syscalls as sc
 from ..maps import read_maps_range
 from .context import Context
-from .model import ALL_KINDS, Observation
+from .model import ALL_KINDS, Observation, Skip
 from .registry import scenario
 
 BUFFER_BYTES = 32 * 1024 * 1024
@@ -21,6 +21,9 @@ BUFFER_BYTES = 32 * 1024 * 1024
     hugepages=16,
 )
 def mremap_roundtrip(ctx: Context) -> Observation:
+    if ctx.memory.is_hugetlb and ctx.kernel < (5, 16):
+        # "mm, hugepages: add mremap() support for hugepage backed vma" (5.16).
+        raise Skip(f"mremap of hugetlb VMAs needs kernel >= 5.16, running {ctx.kernel}")
     pages = BUFFER_BYTES // ctx.page_size
     region = ctx.region(pages)
     region.fill_indexed(seed=0x32)

@@ -93,8 +93,10 @@ def event_remove(ctx: Context) -> Observation:
     event = next_event(uffd, timeout=5)
     if event is None and advisor.finished(5) and isinstance(advisor.error, UffdError):
         if ctx.memory.is_hugetlb and advisor.error.errno_name == "EINVAL":
-            # MADV_DONTNEED on hugetlb mappings arrived in 5.18.
-            raise Skip(f"madvise on {ctx.memory.value} refused with EINVAL on {ctx.kernel}")
+            # MADV_DONTNEED on hugetlb mappings arrived in 5.18 (90e7e7f5ef3f).
+            raise Skip(
+                f"MADV_DONTNEED on hugetlb needs kernel >= 5.18: EINVAL on {ctx.kernel}"
+            )
     advisor.value(5)
     facts = {"advice": "MADV_DONTNEED" if advice == sc.MADV_DONTNEED else "MADV_REMOVE"}
     facts.update(_event_facts(event))
