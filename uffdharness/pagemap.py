@@ -21,6 +21,7 @@ from enum import IntFlag
 from ._native import ffi, lib
 from .abi import IoctlRequest, PageCategory, ScanFlag, flag_names
 from .errors import UffdError
+from .owned_fd import OwnedFd
 
 ENTRY_BYTES = 8
 PAGEMAP_PAGE = os.sysconf("SC_PAGE_SIZE")  # pagemap has one entry per base page
@@ -135,38 +136,14 @@ for _category in PageCategory:
     ALL_CATEGORIES |= _category
 
 
-class Pagemap:
+class Pagemap(OwnedFd):
     """An open /proc/PID/pagemap; owns the fd and closes it once."""
+
+    _what = "pagemap"
 
     def __init__(self, pid: int | str = "self") -> None:
         self.path = f"/proc/{pid}/pagemap"
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise ValueError("pagemap is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __enter__(self) -> Pagemap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except OSError:
-            pass
 
     # --- read(2) -------------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -36,6 +35,7 @@ from .events import (
     UnknownEvent,
     UnmapEvent,
 )
+from .owned_fd import OwnedFd
 
 OpenVia = Literal["auto", "syscall", "dev"]
 
@@ -93,8 +93,10 @@ def _open_fd(via: OpenVia, flags: int) -> tuple[int, str]:
     return fd, "/dev/userfaultfd"
 
 
-class Userfaultfd:
+class Userfaultfd(OwnedFd):
     """One userfaultfd file descriptor; owns it and closes it exactly once."""
+
+    _what = "userfaultfd"
 
     def __init__(self, fd: int, opened_via: str = "adopted", features: Feature | None = None):
         self._fd = fd
@@ -137,36 +139,10 @@ class Userfaultfd:
                 raise
         return uffd
 
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise ValueError("userfaultfd is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
     def detach(self) -> int:
         """Give up ownership of the fd (e.g. to a native handler) and return it."""
         fd, self._fd = self._fd, -1
         return fd
-
-    def __enter__(self) -> Userfaultfd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except OSError:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
@@ -303,9 +279,7 @@ class Userfaultfd:
             "struct uh_uffdio_continue *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
         )
-        return self._counted(
-            IoctlRequest.CONTINUE, arg, "mapped", "UFFDIO_CONTINUE", start, length
-        )
+        return self._counted(IoctlRequest.CONTINUE, arg, "mapped", "UFFDIO_CONTINUE", start, length)
 
     def poison(
         self, target: Target, length: int | None = None, mode: PoisonMode = PoisonMode(0)
