@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -119,12 +118,18 @@ def test_info_as_nobody() -> None:
         pytest.skip("needs root to setuid() to nobody")
 
     def drop_to_nobody() -> None:
+        # Import while still root: nobody may not be able to read the checkout or the
+        # venv at all (a clone under /root is mode 0700), and info imports lazily.
+        import elftools.common.exceptions  # noqa: F401
+        import elftools.elf.elffile  # noqa: F401
+
+        import uffdharness.uffd
+
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         # A probe cached by the parent while it was root must not answer for nobody.
-        if "uffdharness.uffd" in sys.modules:
-            importlib.reload(sys.modules["uffdharness.uffd"])
+        uffdharness.uffd._probe_cache = None
 
     code, out = run_main_in_child(["info"], drop_to_nobody)
     assert code == 0, out
