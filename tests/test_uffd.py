@@ -342,21 +342,17 @@ def test_continue_mode_wp(uffd, region_factory):
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
-def test_poison_makes_access_sigbus(kind, uffd_factory, region_factory):
+def test_poison_makes_access_sigbus(kind, region_factory):
     region = region_factory(kind, 2)
 
     def child():
-        uffd = uffd_factory_in_child(PASSIVE_FEATURES)
+        uffd = Userfaultfd.open(PASSIVE_FEATURES)
         uffd.register(region)
         assert uffd.poison(region.addr, region.page_size) == region.page_size
         region.touch(0)  # SIGBUS: kills the child
 
     outcome = run_in_child(child, timeout=10)
     assert outcome.status == "crashed" and outcome.signal == 7  # SIGBUS
-
-
-def uffd_factory_in_child(features):
-    return Userfaultfd.open(features)
 
 
 def test_move_anon_bulk_and_errors(uffd, region_factory):
@@ -453,7 +449,6 @@ def _event_remap():
     uffd = Userfaultfd.open(Feature.EVENT_REMAP)
     uffd.register(region)
     old, length = region.addr, region.length
-    mover = threading.Thread(target=region.mremap, args=(length,))  # MREMAP_MAYMOVE
     target = sc.mmap(0, length * 2, sc.PROT_NONE, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS)
     mover = threading.Thread(
         target=region.mremap, args=(length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, target)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -122,8 +123,6 @@ def run_pair(
             duration_s=duration,
         )
     if outcome.status == "crashed":
-        import signal
-
         what = (
             f"scenario process killed by {signal.Signals(outcome.signal).name}"
             if outcome.signal
@@ -160,12 +159,12 @@ def kernel_info() -> KernelInfo:
     return KernelInfo(kernel_version(), offered, os.geteuid() == 0, error)
 
 
-def _reserve_hugepages(stack: ExitStack, pairs, count_override: int | None) -> str | None:
+def _reserve_hugepages(stack: ExitStack, pairs) -> str | None:
     """Reserve the largest hugetlb need of the selection once; the skip reason if we can't."""
     needs = [item.hugepages for item, kind in pairs if MemoryKind(kind).is_hugetlb]
     if not needs:
         return None
-    count = count_override or max(needs)
+    count = max(needs)
     try:
         stack.enter_context(HugepagePool(count))
     except HugepageError as exc:
@@ -184,7 +183,7 @@ def run(
     results: list[Result] = []
     with ExitStack() as stack:
         hugetlb_skip = (
-            _reserve_hugepages(stack, pairs, None)
+            _reserve_hugepages(stack, pairs)
             if info.is_root
             else ("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
         )

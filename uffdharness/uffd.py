@@ -336,8 +336,8 @@ class Userfaultfd(OwnedFd):
             child.ioctls = self.ioctls
             return ForkEvent(child)
         if kind == EventType.REMAP:
-            remap = msg.arg.remap
-            return RemapEvent(remap.__getattribute__("from"), remap.to, remap.len)
+            remap = msg.arg.remap  # "from" is a Python keyword: getattr reaches the field
+            return RemapEvent(getattr(remap, "from"), remap.to, remap.len)
         if kind == EventType.REMOVE:
             return RemoveEvent(msg.arg.remove.start, msg.arg.remove.end)
         if kind == EventType.UNMAP:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+from collections.abc import Callable
 
 from .. import syscalls as sc
+from .._native import ffi, lib
 from ..abi import Feature, RegisterMode
 from ..errors import UffdError
 from ..events import PagefaultEvent
@@ -20,10 +23,10 @@ SEED = 0x5EED
 
 
 def _expected_content(region: Region) -> Region:
-    """Anonymous memory laid out with fill_indexed(SEED) at ``region``'s page size."""
+    """Anonymous memory holding what ``region.fill_indexed(SEED)`` would write, its pages
+    counted at ``region``'s page size (2 MiB for hugetlb)."""
     source = allocate(MemoryKind.ANON, length=region.length)
-    source.page_size = region.page_size  # index pages as the target region counts them
-    source.fill_indexed(SEED)
+    lib.uh_fill_indexed(ffi.cast("char *", source.addr), region.length, region.page_size, SEED, 0)
     return source
 
 
@@ -250,6 +253,22 @@ def minor_continue(ctx: Context) -> Observation:
     )
 
 
+def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature], None], verb: str):
+    """Run ``touch`` in a child; the kernel must kill it with SIGBUS."""
+    features = ctx.mode_features("missing")
+    outcome = run_in_child(touch, ctx.memory.value, features, timeout=10)
+    signal_name = signal.Signals(outcome.signal).name if outcome.signal else None
+    facts = {"child": outcome.status, "signal": signal_name}
+    if outcome.status == "raised":
+        facts["error"] = str(outcome.exception)
+    if outcome.status == "timeout":
+        facts["note"] = "the toucher blocked waiting for a handler"
+    ok = outcome.status == "crashed" and signal_name == "SIGBUS"
+    return Observation(
+        facts, ok, f"{verb} -> {signal_name or outcome.status}", "" if ok else str(facts)
+    )
+
+
 def _poison_then_touch(kind: str, features: Feature) -> None:
     region = allocate(kind, 1)
     uffd = Userfaultfd.open(features | Feature.POISON)
@@ -267,16 +286,7 @@ def _poison_then_touch(kind: str, features: Feature) -> None:
     features=Feature.POISON,
 )
 def poison(ctx: Context) -> Observation:
-    features = ctx.mode_features("missing")
-    outcome = run_in_child(_poison_then_touch, ctx.memory.value, features, timeout=10)
-    signal_name = _signal_name(outcome.signal)
-    facts = {"child": outcome.status, "signal": signal_name}
-    if outcome.status == "raised":
-        facts["error"] = str(outcome.exception)
-    ok = outcome.status == "crashed" and signal_name == "SIGBUS"
-    return Observation(
-        facts, ok, f"access -> {signal_name or outcome.status}", "" if ok else str(facts)
-    )
+    return _sigbus_outcome(ctx, _poison_then_touch, "access")
 
 
 def _touch_with_sigbus_feature(kind: str, features: Feature) -> None:
@@ -295,19 +305,4 @@ def _touch_with_sigbus_feature(kind: str, features: Feature) -> None:
     features=Feature.SIGBUS,
 )
 def sigbus_feature(ctx: Context) -> Observation:
-    features = ctx.mode_features("missing")
-    outcome = run_in_child(_touch_with_sigbus_feature, ctx.memory.value, features, timeout=10)
-    signal_name = _signal_name(outcome.signal)
-    facts = {"child": outcome.status, "signal": signal_name}
-    ok = outcome.status == "crashed" and signal_name == "SIGBUS"
-    if outcome.status == "timeout":
-        facts["note"] = "the toucher blocked waiting for a handler"
-    return Observation(
-        facts, ok, f"touch -> {signal_name or outcome.status}", "" if ok else str(facts)
-    )
-
-
-def _signal_name(number: int | None) -> str | None:
-    import signal
-
-    return signal.Signals(number).name if number else None
+    return _sigbus_outcome(ctx, _touch_with_sigbus_feature, "touch")

@@ -6,7 +6,7 @@ import os
 
 from .. import syscalls as sc
 from .._native import lib
-from ..abi import Feature
+from ..abi import Feature, RegisterMode
 from ..errors import UffdError
 from ..events import ForkEvent, RemapEvent, RemoveEvent, UnmapEvent
 from .context import Background, Context, next_event
@@ -22,6 +22,12 @@ def _event_facts(event) -> dict:
         if hasattr(event, name):
             facts[name] = getattr(event, name)
     return facts
+
+
+def _judge_event(event, expected, facts: dict | None = None) -> Observation:
+    facts = {**(facts or {}), **_event_facts(event)}
+    ok = event == expected
+    return Observation(facts, ok, f"event={facts['event']}", "" if ok else f"expected {expected}")
 
 
 @scenario(
@@ -69,10 +75,7 @@ def event_remap(ctx: Context) -> Observation:
     mover = Background(region.mremap, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, destination)
     event = next_event(uffd, timeout=5)
     mover.value(5)
-    facts = _event_facts(event)
-    expected = RemapEvent(old, destination, length)
-    ok = event == expected
-    return Observation(facts, ok, f"event={facts['event']}", "" if ok else f"expected {expected}")
+    return _judge_event(event, RemapEvent(old, destination, length))
 
 
 @scenario(
@@ -94,15 +97,11 @@ def event_remove(ctx: Context) -> Observation:
     if event is None and advisor.finished(5) and isinstance(advisor.error, UffdError):
         if ctx.memory.is_hugetlb and advisor.error.errno_name == "EINVAL":
             # MADV_DONTNEED on hugetlb mappings arrived in 5.18 (90e7e7f5ef3f).
-            raise Skip(
-                f"MADV_DONTNEED on hugetlb needs kernel >= 5.18: EINVAL on {ctx.kernel}"
-            )
+            raise Skip(f"MADV_DONTNEED on hugetlb needs kernel >= 5.18: EINVAL on {ctx.kernel}")
     advisor.value(5)
-    facts = {"advice": "MADV_DONTNEED" if advice == sc.MADV_DONTNEED else "MADV_REMOVE"}
-    facts.update(_event_facts(event))
+    advice_name = "MADV_DONTNEED" if advice == sc.MADV_DONTNEED else "MADV_REMOVE"
     expected = RemoveEvent(region.addr + page, region.addr + 3 * page)
-    ok = event == expected
-    return Observation(facts, ok, f"event={facts['event']}", "" if ok else f"expected {expected}")
+    return _judge_event(event, expected, {"advice": advice_name})
 
 
 @scenario(
@@ -121,10 +120,7 @@ def event_unmap(ctx: Context) -> Observation:
     unmapper = Background(sc.munmap, region.addr + page, page)
     event = next_event(uffd, timeout=5)
     unmapper.value(5)
-    facts = _event_facts(event)
-    expected = UnmapEvent(region.addr + page, region.addr + 2 * page)
-    ok = event == expected
-    return Observation(facts, ok, f"event={facts['event']}", "" if ok else f"expected {expected}")
+    return _judge_event(event, UnmapEvent(region.addr + page, region.addr + 2 * page))
 
 
 def _attempt(label: str, call, outcomes: dict) -> None:
@@ -147,15 +143,12 @@ def mmap_changing(ctx: Context) -> Observation:
     region = ctx.region(4)
     features = Feature.EVENT_REMOVE | ctx.mode_features("missing", "wp")
     uffd = ctx.uffd(features)
-    from ..abi import RegisterMode
-
     uffd.register(region, mode=RegisterMode.MISSING | RegisterMode.WP)
     page = ctx.page_size
     uffd.zeropage(region.addr + 3 * page, page)
     advice = sc.MADV_DONTNEED if ctx.memory.value == "anon" else sc.MADV_REMOVE
     advisor = Background(region.madvise, advice, 2 * page, page)
-    while advisor.finished(0.01) is False and not uffd.wait(0):
-        pass
+    uffd.wait(5)  # the REMOVE message is queued: the mm is now "changing"
     pending: dict[str, str] = {}
     _attempt("copy", lambda: uffd.copy(region.addr, b"c" * page), pending)
     _attempt("zeropage", lambda: uffd.zeropage(region.addr + page, page), pending)
