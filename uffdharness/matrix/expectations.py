@@ -24,6 +24,7 @@ from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
 from ..runner import Result
 from ..scenarios.model import HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
+from ..scenarios.vma_merge import HUGETLB_NEVER_MERGES
 
 SHMEM_LIKE_KINDS = ("shmem", "memfd")
 FILE_BACKED_KINDS = SHMEM_LIKE_KINDS + HUGETLB_KINDS
@@ -81,7 +82,6 @@ class Violation:
 
 
 _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
-_HUGETLB_NEVER_MERGES = "hugetlb VMAs never merge (hugetlb_vm_ops has .close)"
 
 EXPECTATIONS: tuple[Expectation, ...] = (
     # mmap 20 pages, register 0-9, unregister 5-9 (DESIGN.md section 5). Observed: 3 VMAs
@@ -93,7 +93,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
                 facts={"vmas_after_unregister": 2},
                 why=f"fixed by {_UFFD_MERGE}: 0-4 uffd, 5-19"),
     Expectation("unregister-merge", HUGETLB_KINDS, "pass",
-                facts={"vmas_after_unregister": 3}, why=_HUGETLB_NEVER_MERGES),
+                facts={"vmas_after_unregister": 3}, why=HUGETLB_NEVER_MERGES),
     # Register modes whose feature depends on the memory kind (scenarios/context.py asks
     # for them at run time, so no scenario declares them).
     Expectation("wp-*", FILE_BACKED_KINDS, "skip", before="5.19",
