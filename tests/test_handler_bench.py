@@ -31,8 +31,15 @@ def test_c_loop(wp, uffd_factory, region_factory):
         uffd.register(region)
     faults = ffi.new("uint64_t *")
     elapsed = lib.uh_bench_c_loop(
-        uffd.fileno(), ffi.cast("char *", region.addr), 32, region.page_size,
-        ffi.cast("char *", source.addr), int(wp), -1, -1, faults,
+        uffd.fileno(),
+        ffi.cast("char *", region.addr),
+        32,
+        region.page_size,
+        ffi.cast("char *", source.addr),
+        int(wp),
+        -1,
+        -1,
+        faults,
     )
     assert elapsed > 0
     assert faults[0] == 32

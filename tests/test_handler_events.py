@@ -78,7 +78,11 @@ def test_fork_child_served(engine, kind, uffd_factory, region_factory):
         with handler:
             run_touch(region, range(parent_pages), on_hang=handler.stop)
             pid = in_thread(
-                _native.lib.uh_fork_toucher, _ptr(region.addr), pages, region.page_size, SEED,
+                _native.lib.uh_fork_toucher,
+                _ptr(region.addr),
+                pages,
+                region.page_size,
+                SEED,
                 write_end,
             )
             assert pid > 0, os.strerror(-pid)

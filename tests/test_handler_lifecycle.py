@@ -66,9 +66,7 @@ def join_all(threads, timeout=5.0):
 # --- stopping --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "engine,busy_poll", [(e, False) for e in ENGINES] + [("native", True)]
-)
+@pytest.mark.parametrize("engine,busy_poll", [(e, False) for e in ENGINES] + [("native", True)])
 def test_stop_when_idle_is_fast(engine, busy_poll, uffd_factory, region_factory):
     uffd = uffd_factory(Feature(0))
     region = region_factory("anon", 4)
@@ -106,13 +104,15 @@ def test_options_checked(uffd_factory):
 
 @pytest.mark.parametrize("release_on_stop", [True, False])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_never_resolved_fault_released_at_stop(engine, release_on_stop, uffd_factory,
-                                               region_factory):
+def test_never_resolved_fault_released_at_stop(
+    engine, release_on_stop, uffd_factory, region_factory
+):
     uffd = uffd_factory(Feature(0))
     region = region_factory("anon", 4)
     uffd.register(region)
-    handler = FaultHandler(uffd, Never(), region, engine=engine,
-                           release_on_stop=release_on_stop).start()
+    handler = FaultHandler(
+        uffd, Never(), region, engine=engine, release_on_stop=release_on_stop
+    ).start()
     threads, _ = start_touchers(region, [[1]])
     time.sleep(0.2)
     assert threads[0].is_alive(), "a never-resolved fault must keep its thread asleep"
@@ -327,8 +327,9 @@ def test_unserved_fault_becomes_ordinary(engine, uffd_factory, region_factory):
     uffd = uffd_factory(Feature(0))
     region = region_factory("anon", 8)
     uffd.register(region)
-    with FaultHandler(uffd, FillIndexed(SEED), (region.addr, 4 * PAGE_SIZE),
-                      engine=engine) as handler:
+    with FaultHandler(
+        uffd, FillIndexed(SEED), (region.addr, 4 * PAGE_SIZE), engine=engine
+    ) as handler:
         run_touch(region, [6], on_hang=handler.stop)
     assert handler.stats.unserved == 1
     assert handler.stats.faults.missing_read == 1
@@ -373,9 +374,7 @@ def _gil_child(engine: str) -> int:
     return 0 if data == expected else 3
 
 
-@pytest.mark.parametrize(
-    "engine,served", [("native", True), ("process", True), ("thread", False)]
-)
+@pytest.mark.parametrize("engine,served", [("native", True), ("process", True), ("thread", False)])
 def test_gil_case(engine, served):
     """The faulting thread holds the GIL. native and process serve it; the thread engine
     cannot run and deadlocks (DESIGN.md 3), which this asserts as a hang, in a child

@@ -50,7 +50,8 @@ def test_one_line_source_with_options_and_disabled_files(etc_apt):
         "deb-src http://src.example/debian bookworm main\n"
     )
     (etc_apt / "sources.list.d" / "other.list.disabled").write_text(
-        "deb http://disabled.example/debian sid main\n")
+        "deb http://disabled.example/debian sid main\n"
+    )
     mirror = aptmirror.choose_mirror(aptmirror.host_entries(etc_apt))
     assert mirror.archive == "http://proxy.local:3142/debian"
     assert mirror.security == aptmirror.DEFAULT_SECURITY
@@ -59,8 +60,10 @@ def test_one_line_source_with_options_and_disabled_files(etc_apt):
 def test_non_debian_host_falls_back_to_deb_debian_org():
     entries = [SourceEntry("http://archive.ubuntu.com/ubuntu", "jammy")]
     mirror = aptmirror.choose_mirror(entries)
-    assert (mirror.archive, mirror.security) == (aptmirror.DEFAULT_ARCHIVE,
-                                                 aptmirror.DEFAULT_SECURITY)
+    assert (mirror.archive, mirror.security) == (
+        aptmirror.DEFAULT_ARCHIVE,
+        aptmirror.DEFAULT_SECURITY,
+    )
 
 
 def test_deb822_enabled_no_is_skipped():
@@ -82,8 +85,10 @@ def test_sources_list_covers_every_suite_signed_by_the_keyring():
     assert len(lines) == len(ARCHIVE_SUITES) + len(SECURITY_SUITES)
     assert all("signed-by=/k.gpg" in line and "trusted=yes" not in line for line in lines)
     assert "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bullseye main" in lines
-    assert ("deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian-security "
-            "bookworm-security main") in lines
+    assert (
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian-security "
+        "bookworm-security main"
+    ) in lines
 
 
 def _apt(tmp_path: Path) -> PrivateApt:
@@ -95,9 +100,17 @@ def _apt(tmp_path: Path) -> PrivateApt:
 def test_options_point_every_apt_directory_into_the_private_root(tmp_path):
     apt = _apt(tmp_path)
     options = dict(opt.split("=", 1) for opt in apt.options()[1::2])
-    for key in ("Dir::Etc::sourcelist", "Dir::Etc::sourceparts", "Dir::Etc::preferences",
-                "Dir::Etc::preferencesparts", "Dir::State", "Dir::State::lists",
-                "Dir::State::status", "Dir::Cache", "Dir::Cache::archives"):
+    for key in (
+        "Dir::Etc::sourcelist",
+        "Dir::Etc::sourceparts",
+        "Dir::Etc::preferences",
+        "Dir::Etc::preferencesparts",
+        "Dir::State",
+        "Dir::State::lists",
+        "Dir::State::status",
+        "Dir::Cache",
+        "Dir::Cache::archives",
+    ):
         assert options[key].startswith(str(tmp_path / "apt")), key
     assert options["APT::Architectures"] == "amd64"
     assert all(arg == "-o" for arg in apt.options()[0::2])
@@ -116,7 +129,8 @@ def test_update_runs_once_then_trusts_fresh_lists(tmp_path, monkeypatch):
     assert first.ran and first.ok and first.problems == ["W: something odd"]
     assert calls[0][0] == "apt-get" and calls[0][-1] == "update"
     assert (tmp_path / "apt" / "etc" / "sources.list").read_text() == sources_list(
-        MIRROR, tmp_path / "keyring.gpg")
+        MIRROR, tmp_path / "keyring.gpg"
+    )
     assert not apt.update(max_age_s=3600).ran
     assert len(calls) == 1
     os.utime(apt.stamp, (0, 0))  # lists from 1970: too old
@@ -131,8 +145,10 @@ def test_missing_keyring_is_explained(tmp_path):
 
 def test_unverifiable_suite_is_reported_and_the_rest_still_counts(tmp_path, monkeypatch):
     apt = _apt(tmp_path)
-    stderr = ("W: GPG error: http://m/debian bullseye InRelease: ... NO_PUBKEY 0E98404D386FA1D9\n"
-              "E: The repository 'http://m/debian bullseye InRelease' is not signed.\n")
+    stderr = (
+        "W: GPG error: http://m/debian bullseye InRelease: ... NO_PUBKEY 0E98404D386FA1D9\n"
+        "E: The repository 'http://m/debian bullseye InRelease' is not signed.\n"
+    )
 
     def fake_run(argv, cwd=None, timeout=300):
         lists = tmp_path / "apt" / "state" / "lists"

@@ -10,8 +10,10 @@ import pytest
 from uffdharness.matrix import bzimage
 
 
-def make_elf(note_type: int = bzimage.XEN_ELFNOTE_PHYS32_ENTRY,
-             extra: bytes = b"Linux version 6.18.0-test (me@here) #1 SMP\0") -> bytes:
+def make_elf(
+    note_type: int = bzimage.XEN_ELFNOTE_PHYS32_ENTRY,
+    extra: bytes = b"Linux version 6.18.0-test (me@here) #1 SMP\0",
+) -> bytes:
     note = struct.pack("<III", 4, 4, note_type) + b"Xen\0" + struct.pack("<I", 0x1000000)
     header = bytearray(64)
     header[:6] = b"\x7fELF\x02\x01"
@@ -31,7 +33,7 @@ def make_bzimage(payload: bytes, release: str = "6.18.0-test") -> bytes:
     setup[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", setup, 0x206, 0x020F)
     version = f"{release} (builder@host) #1 SMP\0".encode()
-    setup[0x300:0x300 + len(version)] = version
+    setup[0x300 : 0x300 + len(version)] = version
     struct.pack_into("<H", setup, 0x20E, 0x300 - 0x200)
     payload_offset = 0x40
     struct.pack_into("<II", setup, 0x248, payload_offset, len(payload))

@@ -18,8 +18,13 @@ from uffdharness.matrix.cachedir import cache_root
 
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "uffdharness", *argv], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "uffdharness", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 # --- arguments and host tools ------------------------------------------------------------
@@ -33,10 +38,13 @@ def test_cli_default_guest_timeout_is_the_runners():
 
 def test_building_the_cli_does_not_import_the_matrix_package():
     # every guest builds the parser; the matrix package (qemu, apt, cpio) is dead weight there
-    code = ("import sys; from uffdharness import cli; cli.build_parser(); "
-            "print('uffdharness.matrix' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
+    code = (
+        "import sys; from uffdharness import cli; cli.build_parser(); "
+        "print('uffdharness.matrix' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "False"
 
 
@@ -83,13 +91,25 @@ def test_python_under_tmp_is_refused_for_guests(monkeypatch):
 
 
 def test_a_kernel_that_cannot_be_prepared_is_an_error_row_and_the_rest_run(
-        monkeypatch, tmp_path, capsys):
+    monkeypatch, tmp_path, capsys
+):
     monkeypatch.setattr(matrix_runner, "require_tools", lambda specs: None)
     monkeypatch.setattr(matrix_runner, "precompile", lambda: None)
     missing = tmp_path / "bzImage"
     out_json = tmp_path / "m.json"
-    rc = cli.main(["matrix", "--kernel", str(missing), "--kernel", "host", "-k", "api-probe",
-                   "--json", str(out_json)])
+    rc = cli.main(
+        [
+            "matrix",
+            "--kernel",
+            str(missing),
+            "--kernel",
+            "host",
+            "-k",
+            "api-probe",
+            "--json",
+            str(out_json),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert f"{missing}: cannot prepare the kernel" in captured.err
@@ -112,9 +132,9 @@ def test_an_unexpected_failure_preparing_one_kernel_spares_the_others(monkeypatc
     monkeypatch.setattr(kernels, "resolve", resolve)
     monkeypatch.setattr(matrix_runner, "precompile", lambda: None)
     lines = []
-    runs = matrix_runner.run_matrix(["debian:6.1", "host"],
-                                    matrix_runner.MatrixOptions(pattern="api-probe"),
-                                    lines.append)
+    runs = matrix_runner.run_matrix(
+        ["debian:6.1", "host"], matrix_runner.MatrixOptions(pattern="api-probe"), lines.append
+    )
     assert [r.verdict for r in runs[0].results] == ["error"]
     assert "CalledProcessError" in runs[0].results[0].reason
     assert [r.verdict for r in runs[1].results] == ["pass"]
@@ -127,8 +147,17 @@ def test_an_unexpected_failure_preparing_one_kernel_spares_the_others(monkeypatc
 @pytest.mark.timeout(120)
 def test_matrix_on_the_host_kernel_end_to_end(tmp_path):
     out_json, out_xml = tmp_path / "m.json", tmp_path / "m.xml"
-    done = run_cli("matrix", "--kernel", "host", "-k", "unregister-merge", "--json",
-                   str(out_json), "--junit", str(out_xml))
+    done = run_cli(
+        "matrix",
+        "--kernel",
+        "host",
+        "-k",
+        "unregister-merge",
+        "--json",
+        str(out_json),
+        "--junit",
+        str(out_xml),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["host"]
@@ -141,8 +170,10 @@ def test_matrix_on_the_host_kernel_end_to_end(tmp_path):
     assert section["kernel"]["release"] == os.uname().release
     results = {r["memory"]: r for r in section["results"]}
     assert results["anon"]["facts"]["vmas_after_unregister"] == 2
-    assert results["hugetlb"]["facts"]["vmas_after_unregister"] == 3 or \
-        results["hugetlb"]["verdict"] == "skip"
+    assert (
+        results["hugetlb"]["facts"]["vmas_after_unregister"] == 3
+        or results["hugetlb"]["verdict"] == "skip"
+    )
     assert section["expectations"]["violations"] == []
     assert section["expectations"]["checked"] >= 3
     (suite,) = junitparser.JUnitXml.fromfile(str(out_xml))
@@ -170,22 +201,39 @@ def _cached_spec(series: str) -> str:
     for image in reversed(kernels.cached_kernels()):
         if image.package_version and image.package_version.startswith(f"{series}."):
             return f"debian:{image.package_version}"
-    pytest.skip(f"no Debian {series} kernel cached in {cache_root()} "
-                f"(uffdharness matrix --kernel debian:{series} downloads one)")
+    pytest.skip(
+        f"no Debian {series} kernel cached in {cache_root()} "
+        f"(uffdharness matrix --kernel debian:{series} downloads one)"
+    )
 
 
 @pytest.mark.timeout(300)
 def test_guests_in_parallel_show_the_merge_bug_on_6_1_and_the_fix_on_6_12(tmp_path):
     old, new = _cached_spec("6.1"), _cached_spec("6.12")
     out_json = tmp_path / "m.json"
-    done = run_cli("matrix", "--kernel", old, "--kernel", new, "-k", "unregister-merge",
-                   "--memory", "anon", "--jobs", "2", "--json", str(out_json), timeout=280)
+    done = run_cli(
+        "matrix",
+        "--kernel",
+        old,
+        "--kernel",
+        new,
+        "-k",
+        "unregister-merge",
+        "--memory",
+        "anon",
+        "--jobs",
+        "2",
+        "--json",
+        str(out_json),
+        timeout=280,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[2].split() == ["unregister-merge[anon]", "known", "pass"]
     document = json.loads(out_json.read_text())
-    verdicts = {k["spec"]: (k["results"][0]["verdict"],
-                            k["results"][0]["facts"]["vmas_after_unregister"])
-                for k in document["kernels"]}
+    verdicts = {
+        k["spec"]: (k["results"][0]["verdict"], k["results"][0]["facts"]["vmas_after_unregister"])
+        for k in document["kernels"]
+    }
     assert verdicts == {old: ("known-bug", 3), new: ("pass", 2)}
     for section in document["kernels"]:
         assert section["guest"]["status"] == "ok" and section["guest"]["boot_s"] > 0
@@ -196,8 +244,18 @@ def test_guests_in_parallel_show_the_merge_bug_on_6_1_and_the_fix_on_6_12(tmp_pa
 def test_a_guest_that_outlives_its_timeout_is_a_hang_row_with_the_console(tmp_path):
     spec = _cached_spec("6.12")
     out_json = tmp_path / "m.json"
-    done = run_cli("matrix", "--kernel", spec, "-k", "api-probe", "--guest-timeout", "2",
-                   "--json", str(out_json), timeout=100)
+    done = run_cli(
+        "matrix",
+        "--kernel",
+        spec,
+        "-k",
+        "api-probe",
+        "--guest-timeout",
+        "2",
+        "--json",
+        str(out_json),
+        timeout=100,
+    )
     assert done.returncode == 1
     assert "(guest run)" in done.stdout and "HANG" in done.stdout
     (section,) = json.loads(out_json.read_text())["kernels"]

@@ -23,8 +23,15 @@ def _sample() -> bytes:
 
 def test_round_trip():
     entries = {e.name: e for e in cpio.read(_sample())}
-    assert list(entries) == ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "init",
-                             "newroot"]
+    assert list(entries) == [
+        "bin",
+        "bin/busybox",
+        "bin/sh",
+        "dev",
+        "dev/console",
+        "init",
+        "newroot",
+    ]
     assert entries["bin/busybox"].data == b"\x7fELF" + b"x" * 1001
     assert stat.S_IMODE(entries["bin/busybox"].mode) == 0o755
     assert stat.S_ISLNK(entries["bin/sh"].mode) and entries["bin/sh"].data == b"busybox"
@@ -51,11 +58,16 @@ def test_duplicate_names_are_rejected():
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 def test_gnu_cpio_reads_our_archive(tmp_path: Path):
-    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=_sample(), capture_output=True,
-                             check=True).stdout.decode()
+    listing = subprocess.run(
+        ["cpio", "-itv", "--quiet"], input=_sample(), capture_output=True, check=True
+    ).stdout.decode()
     assert "bin/sh -> busybox" in listing
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=_sample(),
-                   cwd=tmp_path, check=True)
+    subprocess.run(
+        ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+        input=_sample(),
+        cwd=tmp_path,
+        check=True,
+    )
     assert (tmp_path / "bin" / "busybox").read_bytes() == b"\x7fELF" + b"x" * 1001
     assert (tmp_path / "init").stat().st_mode & 0o111
 
@@ -64,15 +76,16 @@ def test_initramfs_has_busybox_modules_in_order_and_init(tmp_path: Path):
     modules_dir = tmp_path / "lib" / "modules" / "6.1.0-test"
     (modules_dir / "kernel").mkdir(parents=True)
     (modules_dir / "modules.dep").write_text(
-        "kernel/9p.ko: kernel/9pnet.ko\nkernel/9pnet.ko:\n"
-        "kernel/9pnet_virtio.ko: kernel/9pnet.ko\n")
+        "kernel/9p.ko: kernel/9pnet.ko\nkernel/9pnet.ko:\nkernel/9pnet_virtio.ko: kernel/9pnet.ko\n"
+    )
     (modules_dir / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
     for name in ("9p", "9pnet", "9pnet_virtio"):
         (modules_dir / "kernel" / f"{name}.ko").write_bytes(b"\x7fELF" + name.encode())
     busybox = tmp_path / "busybox"
     busybox.write_bytes(b"\x7fELF-busybox")
-    kernel = KernelImage("test", "6.1.0-test", tmp_path / "bzImage", None, modules_dir, None,
-                         tmp_path)
+    kernel = KernelImage(
+        "test", "6.1.0-test", tmp_path / "bzImage", None, modules_dir, None, tmp_path
+    )
     entries = {e.name: e for e in cpio.read(initramfs.build(kernel, busybox))}
     assert entries["bin/busybox"].data == b"\x7fELF-busybox"
     for applet in initramfs.APPLETS:

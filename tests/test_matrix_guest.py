@@ -11,14 +11,21 @@ import pytest
 from uffdharness.matrix import guest, initramfs
 from uffdharness.matrix.kernels import KernelImage
 
-KERNEL = KernelImage("debian:6.1", "6.1.0-56-amd64", Path("/k/bzImage"), Path("/k/vmlinux"),
-                     Path("/k/lib/modules/6.1.0-56-amd64"), "6.1.192-2", Path("/k"))
+KERNEL = KernelImage(
+    "debian:6.1",
+    "6.1.0-56-amd64",
+    Path("/k/bzImage"),
+    Path("/k/vmlinux"),
+    Path("/k/lib/modules/6.1.0-56-amd64"),
+    "6.1.192-2",
+    Path("/k"),
+)
 
 
 def test_job_script_quotes_argv_and_env(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(initramfs, "JOB_DIR", str(tmp_path))
     argv = ["printf", "%s|", "a b", "it's", "$HOME", ""]
-    env = {"HOME": str(tmp_path / "home"), "ODD": "x'y \"z\""}
+    env = {"HOME": str(tmp_path / "home"), "ODD": 'x\'y "z"'}
     script = guest.job_script(argv + ["$ODD"], env, cwd=str(tmp_path))
     subprocess.run(["sh", "-c", script], check=True)
     assert (tmp_path / "stdout").read_text() == "a b|it's|$HOME||$ODD|"
@@ -50,8 +57,9 @@ def test_qemu_argv(tmp_path: Path):
     assert f"path={tmp_path},mount_tag={initramfs.RESULTS_TAG}" in joined
     cmdline = argv[argv.index("-append") + 1].split()
     assert "console=ttyS0" in cmdline and "panic=-1" in cmdline
-    bz = guest.qemu_argv(KERNEL, Path("/i"), tmp_path, "kvm",
-                         guest.GuestConfig(prefer_vmlinux=False, memory_mb=512))
+    bz = guest.qemu_argv(
+        KERNEL, Path("/i"), tmp_path, "kvm", guest.GuestConfig(prefer_vmlinux=False, memory_mb=512)
+    )
     assert "/k/bzImage" in bz and "kvm" in bz and bz[bz.index("-m") + 1] == "512"
 
 
@@ -61,9 +69,11 @@ def _fake_qemu(share: Path, body: str) -> list[str]:
 
 def test_boot_ok_collects_exit_code_output_files_and_boot_time(tmp_path: Path):
     (tmp_path / guest.RESULTS_SUBDIR).mkdir()
-    body = (f"echo booting; sleep 0.2; echo '{initramfs.START_MARKER} 1.0 1.0'; "
-            "echo hi > SHARE/stdout; echo '{}' > SHARE/out/r.json; echo 3 > SHARE/exit_code; "
-            f"echo '{initramfs.END_MARKER} rc=3'")
+    body = (
+        f"echo booting; sleep 0.2; echo '{initramfs.START_MARKER} 1.0 1.0'; "
+        "echo hi > SHARE/stdout; echo '{}' > SHARE/out/r.json; echo 3 > SHARE/exit_code; "
+        f"echo '{initramfs.END_MARKER} rc=3'"
+    )
     result = guest._boot(_fake_qemu(tmp_path, body), tmp_path, 10, "tcg")
     assert (result.status, result.exit_code, result.stdout) == ("ok", 3, "hi\n")
     assert result.files == {"r.json": b"{}\n"}
@@ -90,11 +100,17 @@ def test_boot_hang_is_killed(tmp_path: Path):
 
 def test_host_kernel_runs_directly():
     host = KernelImage("host", "x", None, None, None, None, None)
-    code = ("import os,pathlib; pathlib.Path(os.environ['UFFDHARNESS_RESULTS'], 'a')"
-            ".write_text('b'); print('out')")
+    code = (
+        "import os,pathlib; pathlib.Path(os.environ['UFFDHARNESS_RESULTS'], 'a')"
+        ".write_text('b'); print('out')"
+    )
     result = guest.run_in_guest(host, [sys.executable, "-c", code], 30)
     assert (result.status, result.exit_code, result.stdout, result.accel) == (
-        "ok", 0, "out\n", "host")
+        "ok",
+        0,
+        "out\n",
+        "host",
+    )
     assert result.files == {"a": b"b"}
 
 

@@ -15,8 +15,9 @@ def test_missing_tools_error_names_tools_and_install_command(monkeypatch):
     text = str(error)
     for command in ("qemu-system-x86_64", "busybox", "apt-get", "dpkg-deb", "depmod"):
         assert command in text
-    assert error.install_command == "apt-get install -y apt busybox-static dpkg kmod " \
-                                    "qemu-system-x86"
+    assert (
+        error.install_command == "apt-get install -y apt busybox-static dpkg kmod qemu-system-x86"
+    )
     assert text.endswith(error.install_command)
 
 
@@ -24,7 +25,8 @@ def test_dynamic_busybox_is_reported_as_such(monkeypatch):
     monkeypatch.setattr(hosttools, "find_busybox", lambda candidates=(): None)
     problems = hosttools.check(hosttools.BOOT_TOOLS, which=lambda name: f"/usr/bin/{name}")
     assert [(p.tool.command, p.reason) for p in problems] == [
-        ("busybox", "dynamically linked: /usr/bin/busybox")]
+        ("busybox", "dynamically linked: /usr/bin/busybox")
+    ]
 
 
 def test_nothing_missing_means_no_problems():

@@ -40,8 +40,10 @@ def _kernel() -> kernels.KernelImage:
         return kernels.resolve(os.environ.get("UFFDHARNESS_MATRIX_KERNEL", "debian:6.1"))
     cached = kernels.cached_kernels()
     if not cached:
-        pytest.skip(f"no Debian kernel cached in {cache_root()}; "
-                    "set UFFDHARNESS_MATRIX_SMOKE=1 to download debian:6.1")
+        pytest.skip(
+            f"no Debian kernel cached in {cache_root()}; "
+            "set UFFDHARNESS_MATRIX_SMOKE=1 to download debian:6.1"
+        )
     return cached[0]
 
 

@@ -20,9 +20,13 @@ def _fake_entry(cache: Path, release: str, version: str) -> Path:
     (entry / "root" / "boot").mkdir()
     (entry / "root" / "boot" / f"vmlinuz-{release}").write_bytes(b"bz")
     (entry / "vmlinux").write_bytes(b"elf")
-    meta = {"release": release, "version": version, "image_package": f"linux-image-{release}",
-            "kernel": f"root/boot/vmlinuz-{release}",
-            "modules_dir": str(modules_dir.relative_to(entry))}
+    meta = {
+        "release": release,
+        "version": version,
+        "image_package": f"linux-image-{release}",
+        "kernel": f"root/boot/vmlinuz-{release}",
+        "modules_dir": str(modules_dir.relative_to(entry)),
+    }
     (entry / "kernel.json").write_text(json.dumps(meta))
     return entry
 
@@ -55,7 +59,10 @@ def test_alias_falls_back_to_newest_cached_kernel_when_apt_fails(tmp_path: Path,
     assert image.package_version == "6.1.192-2"
     assert "apt unavailable" in logged[0]
     assert [k.package_version for k in kernels.cached_kernels(tmp_path)] == [
-        "6.1.176-1", "6.1.192-2", "6.12.117-1"]
+        "6.1.176-1",
+        "6.1.192-2",
+        "6.12.117-1",
+    ]
 
 
 def test_alias_without_apt_or_cache_is_a_clear_error(tmp_path: Path, no_apt):

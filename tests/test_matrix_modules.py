@@ -26,8 +26,9 @@ WANTED = ["virtio_pci", "9pnet_virtio", "9p"]
 
 
 def _index(builtin: str = "") -> modules.ModuleIndex:
-    return modules.ModuleIndex(modules.parse_modules_dep(MODULES_DEP),
-                               modules.parse_builtin(builtin))
+    return modules.ModuleIndex(
+        modules.parse_modules_dep(MODULES_DEP), modules.parse_builtin(builtin)
+    )
 
 
 def test_module_name_normalises_suffix_and_dashes():
@@ -39,8 +40,17 @@ def test_module_name_normalises_suffix_and_dashes():
 def test_load_order_puts_dependencies_first_and_each_once():
     order = [e.name for e in modules.load_order(_index(), WANTED)]
     assert sorted(order) == sorted(set(order))
-    assert set(order) == {"virtio_pci", "9pnet_virtio", "9p", "9pnet", "netfs", "fscache",
-                          "virtio_pci_modern_dev", "virtio_ring", "virtio"}
+    assert set(order) == {
+        "virtio_pci",
+        "9pnet_virtio",
+        "9p",
+        "9pnet",
+        "netfs",
+        "fscache",
+        "virtio_pci_modern_dev",
+        "virtio_ring",
+        "virtio",
+    }
     deps = modules.parse_modules_dep(MODULES_DEP)
     for position, name in enumerate(order):
         for dep in deps[name].depends:
@@ -48,18 +58,18 @@ def test_load_order_puts_dependencies_first_and_each_once():
 
 
 def test_builtin_modules_are_not_loaded():
-    builtin = ("kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n"
-               "kernel/drivers/virtio/virtio_pci.ko\n")
+    builtin = (
+        "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko\n"
+    )
     order = [e.name for e in modules.load_order(_index(builtin), WANTED)]
     assert "virtio_pci" not in order and "virtio" not in order
     assert "9pnet_virtio" in order
 
 
 def test_everything_builtin_gives_an_empty_order():
-    builtin = "\n".join(f"kernel/{name}.ko" for name in
-                        ["9p", "9pnet_virtio", "virtio_pci"])
-    assert modules.load_order(modules.ModuleIndex({}, modules.parse_builtin(builtin)),
-                              WANTED) == []
+    builtin = "\n".join(f"kernel/{name}.ko" for name in ["9p", "9pnet_virtio", "virtio_pci"])
+    assert modules.load_order(modules.ModuleIndex({}, modules.parse_builtin(builtin)), WANTED) == []
 
 
 def test_missing_module_is_named():
@@ -77,8 +87,9 @@ def test_read_module_decompresses(tmp_path: Path, suffix):
     elif suffix == ".ko.zst":
         if shutil.which("zstd") is None:
             pytest.skip("zstd CLI not installed (apt-get install -y zstd)")
-        data = subprocess.run(["zstd", "-q", "-c"], input=elf, capture_output=True,
-                              check=True).stdout
+        data = subprocess.run(
+            ["zstd", "-q", "-c"], input=elf, capture_output=True, check=True
+        ).stdout
     else:
         data = elf
     (tmp_path / f"m{suffix}").write_bytes(data)

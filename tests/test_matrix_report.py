@@ -33,20 +33,38 @@ def version(text: str) -> KernelVersion:
 
 
 def merge_row(memory: str, verdict: str, vmas: int) -> Result:
-    return Result("unregister-merge", memory, verdict, "", f"vmas_after_unregister={vmas}",
-                  {"vmas_after_unregister": vmas})
+    return Result(
+        "unregister-merge",
+        memory,
+        verdict,
+        "",
+        f"vmas_after_unregister={vmas}",
+        {"vmas_after_unregister": vmas},
+    )
 
 
 def kernel_run(spec: str, release: str, results: list[Result], status: str = "ok") -> KernelRun:
     major, minor, patch = (int(n) for n in release.split("."))
     run = KernelRun(
-        spec, f"{release}-amd64", f"{release}-1",
-        kernel={"release": f"{release}-amd64", "version": [major, minor, patch],
-                "patch_known": True, "features": []},
+        spec,
+        f"{release}-amd64",
+        f"{release}-1",
+        kernel={
+            "release": f"{release}-amd64",
+            "version": [major, minor, patch],
+            "patch_known": True,
+            "features": [],
+        },
         summary={"counts": {}, "total": len(results), "wall_s": 1.0},
         results=results,
-        guest={"status": status, "exit_code": 0, "boot_s": 3.5, "total_s": 20.0,
-               "accel": "tcg", "detail": ""},
+        guest={
+            "status": status,
+            "exit_code": 0,
+            "boot_s": 3.5,
+            "total_s": 20.0,
+            "accel": "tcg",
+            "detail": "",
+        },
     )
     run.check_expectations()
     return run
@@ -62,8 +80,12 @@ def test_unregister_merge_must_be_known_bug_with_three_vmas_before_6_4(release):
     applied, violations = check(version(release), [merge_row("anon", "pass", 2)])
     assert applied == 1
     assert [(v.name, v.expected, v.observed) for v in violations] == [
-        ("unregister-merge[anon]", "known-bug, vmas_after_unregister=3",
-         "pass, vmas_after_unregister=2")]
+        (
+            "unregister-merge[anon]",
+            "known-bug, vmas_after_unregister=3",
+            "pass, vmas_after_unregister=2",
+        )
+    ]
     assert "6.4" in violations[0].why
 
 
@@ -87,8 +109,9 @@ def test_hugetlb_never_merges_so_it_passes_everywhere(release):
 
 def test_newer_feature_scenarios_must_skip_with_a_reason_naming_it():
     old = version("6.1.192")
-    skipped = Result("wp-async-pagemap-scan", "anon", "skip",
-                     "needs kernel >= 6.7, running 6.1.192", "skipped")
+    skipped = Result(
+        "wp-async-pagemap-scan", "anon", "skip", "needs kernel >= 6.7, running 6.1.192", "skipped"
+    )
     assert check(old, [skipped])[1] == []
     ran = Result("wp-async-pagemap-scan", "anon", "fail", "scan returned EINVAL", "x")
     violations = check(old, [ran])[1]
@@ -122,8 +145,9 @@ def test_declared_gates_follow_the_scenario_declarations():
     def run(ctx):
         raise AssertionError("not run")
 
-    item = Scenario(id="needs-move", title="t", checks="c", run=run, memory=("anon",),
-                    min_kernel="6.8")
+    item = Scenario(
+        id="needs-move", title="t", checks="c", run=run, memory=("anon",), min_kernel="6.8"
+    )
     gates = expectations.declared_gates([item])
     assert [(g.scenario, g.verdict, g.before) for g in gates] == [("needs-move", "skip", "6.8")]
 
@@ -151,23 +175,30 @@ def test_expectation_range_is_half_open():
 
 
 def guest_outcome(status="ok", exit_code=1, files=None, stderr="", console="", detail=""):
-    return GuestResult(status, exit_code, "", stderr, console, files or {}, 3.2, 21.5,
-                       "tcg", detail)
+    return GuestResult(
+        status, exit_code, "", stderr, console, files or {}, 3.2, 21.5, "tcg", detail
+    )
 
 
 def report_bytes(results: list[Result], release="6.1.192") -> bytes:
     major, minor, patch = (int(n) for n in release.split("."))
-    return json.dumps({
-        "kernel": {"release": f"{release}-amd64", "version": [major, minor, patch]},
-        "summary": {"counts": {}, "total": len(results), "wall_s": 10.0},
-        "results": [r.to_json() for r in results],
-    }).encode()
+    return json.dumps(
+        {
+            "kernel": {"release": f"{release}-amd64", "version": [major, minor, patch]},
+            "summary": {"counts": {}, "total": len(results), "wall_s": 10.0},
+            "results": [r.to_json() for r in results],
+        }
+    ).encode()
 
 
 def test_a_report_with_failures_is_not_a_guest_failure():
     rows = [merge_row("anon", "known-bug", 3), Result("other", "anon", "fail", "bad")]
-    run = from_guest("debian:6.1", "6.1.0-56-amd64", "6.1.192-2",
-                     guest_outcome(exit_code=1, files={"report.json": report_bytes(rows)}))
+    run = from_guest(
+        "debian:6.1",
+        "6.1.0-56-amd64",
+        "6.1.192-2",
+        guest_outcome(exit_code=1, files={"report.json": report_bytes(rows)}),
+    )
     assert not run.guest_failed
     assert [r.verdict for r in run.results] == ["known-bug", "fail"]
     assert run.version == (6, 1, 192)
@@ -175,9 +206,16 @@ def test_a_report_with_failures_is_not_a_guest_failure():
 
 
 def test_no_report_becomes_one_error_row_with_console_and_stderr():
-    run = from_guest("debian:6.1", "6.1.0-56-amd64", None, guest_outcome(
-        exit_code=1, stderr="Traceback ...\nModuleNotFoundError: No module named 'cffi'\n",
-        console="line\n" * 100))
+    run = from_guest(
+        "debian:6.1",
+        "6.1.0-56-amd64",
+        None,
+        guest_outcome(
+            exit_code=1,
+            stderr="Traceback ...\nModuleNotFoundError: No module named 'cffi'\n",
+            console="line\n" * 100,
+        ),
+    )
     assert [(r.id, r.verdict) for r in run.results] == [(GUEST_ROW_ID, "error")]
     row = run.results[0]
     assert "no report.json" in row.reason and "ModuleNotFoundError" in row.reason
@@ -186,42 +224,77 @@ def test_no_report_becomes_one_error_row_with_console_and_stderr():
 
 
 def test_hung_or_panicked_guest_becomes_hang_or_error_row():
-    hung = from_guest("debian:5.10", "5.10.0-46-amd64", None,
-                      guest_outcome("hang", None, console="...\nrcu stall", detail="killed "
-                                    "after 900 s"))
+    hung = from_guest(
+        "debian:5.10",
+        "5.10.0-46-amd64",
+        None,
+        guest_outcome("hang", None, console="...\nrcu stall", detail="killed after 900 s"),
+    )
     assert [(r.verdict, r.reason) for r in hung.results] == [
-        ("hang", "killed after 900 s; no report.json from uffdharness run (exit code None)")]
+        ("hang", "killed after 900 s; no report.json from uffdharness run (exit code None)")
+    ]
     assert hung.results[0].facts["console_tail"].endswith("rcu stall")
-    panic = from_guest("x", "r", None, guest_outcome(
-        "error", None, console="Kernel panic - not syncing: VFS",
-        detail="Kernel panic - not syncing: VFS (qemu exit 0)"))
+    panic = from_guest(
+        "x",
+        "r",
+        None,
+        guest_outcome(
+            "error",
+            None,
+            console="Kernel panic - not syncing: VFS",
+            detail="Kernel panic - not syncing: VFS (qemu exit 0)",
+        ),
+    )
     assert panic.results[0].verdict == "error"
     assert panic.results[0].reason.startswith("Kernel panic")
 
 
 def test_guest_argv_expands_the_results_dir_in_the_guest():
-    argv = run_argv(MatrixOptions(pattern="unregister-*", memory=("anon", "shmem"),
-                                  timeout=12), "/work/main/.venv/bin/python")
+    argv = run_argv(
+        MatrixOptions(pattern="unregister-*", memory=("anon", "shmem"), timeout=12),
+        "/work/main/.venv/bin/python",
+    )
     assert argv[:2] == ["/bin/sh", "-c"]
     assert '"$UFFDHARNESS_RESULTS/report.json"' in argv[2]
-    assert argv[4:] == ["/work/main/.venv/bin/python", "-m", "uffdharness", "run", "--quiet",
-                        "--timeout", "12", "-k", "unregister-*", "--memory", "anon",
-                        "--memory", "shmem"]
+    assert argv[4:] == [
+        "/work/main/.venv/bin/python",
+        "-m",
+        "uffdharness",
+        "run",
+        "--quiet",
+        "--timeout",
+        "12",
+        "-k",
+        "unregister-*",
+        "--memory",
+        "anon",
+        "--memory",
+        "shmem",
+    ]
 
 
 # --- table, JSON, JUnit, merge -----------------------------------------------------------
 
 
 def sample_runs() -> list[KernelRun]:
-    old = kernel_run("debian:6.1", "6.1.192", [
-        merge_row("anon", "known-bug", 3), merge_row("hugetlb", "pass", 3),
-        Result("wp-async-pagemap-scan", "anon", "skip", "needs kernel >= 6.7, running 6.1.192"),
-    ])
-    new = kernel_run("debian:6.12", "6.12.117", [
-        merge_row("anon", "known-bug", 3),  # a violation: 6.12 has the fix
-        merge_row("hugetlb", "pass", 3),
-        Result("wp-async-pagemap-scan", "anon", "pass", "", "ok"),
-    ])
+    old = kernel_run(
+        "debian:6.1",
+        "6.1.192",
+        [
+            merge_row("anon", "known-bug", 3),
+            merge_row("hugetlb", "pass", 3),
+            Result("wp-async-pagemap-scan", "anon", "skip", "needs kernel >= 6.7, running 6.1.192"),
+        ],
+    )
+    new = kernel_run(
+        "debian:6.12",
+        "6.12.117",
+        [
+            merge_row("anon", "known-bug", 3),  # a violation: 6.12 has the fix
+            merge_row("hugetlb", "pass", 3),
+            Result("wp-async-pagemap-scan", "anon", "pass", "", "ok"),
+        ],
+    )
     broken = failed_run("debian:5.10", "error", "cannot prepare the kernel: no network")
     return [old, new, broken]
 
@@ -238,9 +311,11 @@ def test_table_has_a_column_per_kernel_and_marks_violations():
     assert lines[4].split() == ["wp-async-pagemap-scan[anon]", "skip", "pass", "-"]
     assert lines[5].split() == ["(guest", "run)", "-", "-", "ERROR"]
     assert "known = known-bug" in text and "! = not what this kernel" in text
-    assert ("expectation violations:\n  debian:6.12: unregister-merge[anon]: expected pass, "
-            "vmas_after_unregister=2, got known-bug, vmas_after_unregister=3\n      why: fixed by "
-            in text)
+    assert (
+        "expectation violations:\n  debian:6.12: unregister-merge[anon]: expected pass, "
+        "vmas_after_unregister=2, got known-bug, vmas_after_unregister=3\n      why: fixed by "
+        in text
+    )
     assert "debian:5.10: (guest run) error: cannot prepare the kernel: no network" in text
     assert "3 kernels, 7 results in 42.0 s" in text
     assert "1 expectation violations, 1 guest failures" in text
@@ -252,8 +327,7 @@ def test_json_has_one_section_per_kernel_in_the_run_schema_and_round_trips(tmp_p
     report.write_json(str(path), runs, 42.0, {"jobs": 2})
     document = json.loads(path.read_text())
     assert document["matrix"]["schema"] == report.SCHEMA and document["matrix"]["jobs"] == 2
-    assert [k["spec"] for k in document["kernels"]] == ["debian:6.1", "debian:6.12",
-                                                        "debian:5.10"]
+    assert [k["spec"] for k in document["kernels"]] == ["debian:6.1", "debian:6.12", "debian:5.10"]
     section = document["kernels"][0]
     assert {"kernel", "summary", "results", "guest", "expectations"} <= set(section)
     assert section["results"][0]["facts"] == {"vmas_after_unregister": 3}

@@ -19,8 +19,12 @@ from uffdharness.matrix.kernelspec import SpecError, SpecKind, parse
         ("debian:6.1.192-2", SpecKind.DEBIAN_VERSION, (), "6.1.192-2"),
         ("debian:7.3~rc7-1~exp1", SpecKind.DEBIAN_VERSION, (), "7.3~rc7-1~exp1"),
         ("debian:6.12.95-1~bpo12+1", SpecKind.DEBIAN_VERSION, (), "6.12.95-1~bpo12+1"),
-        ("debian:linux-image-6.1.0-56-amd64", SpecKind.DEBIAN_PACKAGE, (),
-         "linux-image-6.1.0-56-amd64"),
+        (
+            "debian:linux-image-6.1.0-56-amd64",
+            SpecKind.DEBIAN_PACKAGE,
+            (),
+            "linux-image-6.1.0-56-amd64",
+        ),
     ],
 )
 def test_parse_debian_and_host(text, kind, series, value):
@@ -37,8 +41,9 @@ def test_parse_path_with_and_without_modules():
     assert with_modules.modules_dir == Path("/tmp/mods/lib/modules/6.18.0")
 
 
-@pytest.mark.parametrize("text", ["debian:", "debian:six", "ubuntu:22.04", "6.1",
-                                  "/boot/bzImage,initrd=/x"])
+@pytest.mark.parametrize(
+    "text", ["debian:", "debian:six", "ubuntu:22.04", "6.1", "/boot/bzImage,initrd=/x"]
+)
 def test_parse_rejects(text):
     with pytest.raises(SpecError):
         parse(text)
@@ -107,7 +112,10 @@ Size: 1888
 def test_parse_records_flattens_alternatives_and_continuations():
     records = {r.name: r for r in debindex.parse_records(APT_SHOW)}
     assert records["linux-image-6.12.107+deb13-amd64"].depends == (
-        "kmod", "initramfs-tools", "linux-initramfs-tool")
+        "kmod",
+        "initramfs-tools",
+        "linux-initramfs-tool",
+    )
     assert records["linux-image-6.1.0-56-amd64"].release == "6.1.0-56-amd64"
     assert records["linux-image-6.1.0-50-amd64"].size == 70305560
 
@@ -141,6 +149,8 @@ def test_packages_for_both_layouts():
     split = debindex.packages_for(records["linux-image-7.3.4+deb13-amd64"])
     assert split.split_layout and split.release == "7.3.4+deb13-amd64"
     assert [name for name, _ in split.downloads] == [
-        "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64",
-        "linux-base-7.3.4+deb13-amd64"]
+        "linux-binary-7.3.4+deb13-amd64",
+        "linux-modules-7.3.4+deb13-amd64",
+        "linux-base-7.3.4+deb13-amd64",
+    ]
     assert {version for _, version in split.downloads} == {"7.3.4-1~bpo13+1"}

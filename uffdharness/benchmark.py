@@ -97,9 +97,7 @@ class BenchReport:
 
     def find(self, workload: str, engine: str, placement: str) -> Figure | None:
         for figure in self.figures:
-            if (figure.workload, figure.engine, figure.placement) == (
-                workload, engine, placement
-            ):
+            if (figure.workload, figure.engine, figure.placement) == (workload, engine, placement):
                 return figure
         return None
 
@@ -140,8 +138,9 @@ class Workload:
         return self.region.pages
 
 
-def _copy_workload(stack: ExitStack, name: str, title: str, kind: str, pages: int,
-                   features: Feature) -> Workload:
+def _copy_workload(
+    stack: ExitStack, name: str, title: str, kind: str, pages: int, features: Feature
+) -> Workload:
     region = stack.enter_context(allocate(kind, pages))
     # Not inherited by the process engine's helper: nothing to COW-share with it.
     region.madvise(sc.MADV_DONTFORK)
@@ -150,14 +149,18 @@ def _copy_workload(stack: ExitStack, name: str, title: str, kind: str, pages: in
     uffd = stack.enter_context(Userfaultfd.open(features))
     uffd.register(region)
     if kind == "anon":
+
         def reset() -> None:
             region.madvise(sc.MADV_DONTNEED)
     elif kind == "shmem":
+
         def reset() -> None:
             region.madvise(sc.MADV_REMOVE)
     else:
+
         def reset() -> None:
             region.punch_hole()
+
     return Workload(name, title, region, uffd, source, False, reset)
 
 
@@ -179,20 +182,38 @@ def make_workloads(stack: ExitStack, config: BenchConfig, skipped: list[str]) ->
     for name in config.workloads:
         try:
             if name == "anon":
-                made.append(_copy_workload(stack, name, "anon-4K COPY", "anon",
-                                           config.pages_4k, Feature(0)))
+                made.append(
+                    _copy_workload(stack, name, "anon-4K COPY", "anon", config.pages_4k, Feature(0))
+                )
             elif name == "shmem":
-                made.append(_copy_workload(stack, name, "shmem-4K COPY", "shmem",
-                                           config.pages_4k, Feature.MISSING_SHMEM))
+                made.append(
+                    _copy_workload(
+                        stack,
+                        name,
+                        "shmem-4K COPY",
+                        "shmem",
+                        config.pages_4k,
+                        Feature.MISSING_SHMEM,
+                    )
+                )
             elif name == "hugetlb":
                 try:
                     stack.enter_context(HugepagePool(config.pages_2m))
                 except (HugepageError, OSError) as exc:
-                    skipped.append(f"hugetlb-2M COPY: cannot reserve {config.pages_2m} "
-                                   f"hugepages ({exc})")
+                    skipped.append(
+                        f"hugetlb-2M COPY: cannot reserve {config.pages_2m} hugepages ({exc})"
+                    )
                     continue
-                made.append(_copy_workload(stack, name, "hugetlb-2M COPY", "hugetlb",
-                                           config.pages_2m, Feature.MISSING_HUGETLBFS))
+                made.append(
+                    _copy_workload(
+                        stack,
+                        name,
+                        "hugetlb-2M COPY",
+                        "hugetlb",
+                        config.pages_2m,
+                        Feature.MISSING_HUGETLBFS,
+                    )
+                )
             elif name == "wp":
                 made.append(_wp_workload(stack, config.pages_4k))
         except UffdError as exc:
@@ -204,15 +225,17 @@ def make_workloads(stack: ExitStack, config: BenchConfig, skipped: list[str]) ->
 
 
 def _touch(region: Region, count: int, write: bool, cpu: int) -> float:
-    elapsed = lib.uh_bench_touch(ffi.cast("char *", region.addr), count, region.page_size,
-                                 int(write), cpu)
+    elapsed = lib.uh_bench_touch(
+        ffi.cast("char *", region.addr), count, region.page_size, int(write), cpu
+    )
     if elapsed < 0:
         raise OSError(-elapsed, f"toucher: {os.strerror(-elapsed)}")
     return elapsed / 1e9
 
 
-def measure(workload: Workload, engine: str, placement: Placement,
-            policy_readahead: int = 1) -> tuple[float, int, float]:
+def measure(
+    workload: Workload, engine: str, placement: Placement, policy_readahead: int = 1
+) -> tuple[float, int, float]:
     """Touch every page once; (seconds, faults handled, handler median us)."""
     region = workload.region
     workload.reset()
@@ -220,9 +243,15 @@ def measure(workload: Workload, engine: str, placement: Placement,
         faults = ffi.new("uint64_t *")
         src = ffi.cast("char *", workload.source.addr if workload.source else 0)
         elapsed = lib.uh_bench_c_loop(
-            workload.uffd.fileno(), ffi.cast("char *", region.addr), region.pages,
-            region.page_size, src, int(workload.wp), placement.toucher_cpu,
-            placement.handler_cpu, faults,
+            workload.uffd.fileno(),
+            ffi.cast("char *", region.addr),
+            region.pages,
+            region.page_size,
+            src,
+            int(workload.wp),
+            placement.toucher_cpu,
+            placement.handler_cpu,
+            faults,
         )
         if elapsed < 0:
             raise OSError(-elapsed, f"C loop: {os.strerror(-elapsed)}")
@@ -231,9 +260,13 @@ def measure(workload: Workload, engine: str, placement: Placement,
     if policy_readahead > 1:
         policy = Readahead(policy, policy_readahead)
     handler = FaultHandler(
-        workload.uffd, policy, region,
+        workload.uffd,
+        policy,
+        region,
         engine="native" if engine == "native-busy" else engine,  # type: ignore[arg-type]
-        busy_poll=engine == "native-busy", cpu=placement.handler_cpu, release_on_stop=False,
+        busy_poll=engine == "native-busy",
+        cpu=placement.handler_cpu,
+        release_on_stop=False,
     )
     with handler:
         seconds = _touch(region, region.pages, workload.wp, placement.toucher_cpu)
@@ -303,14 +336,16 @@ def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> B
                         if faults != workload.pages:
                             entry.note = f"{faults} faults for {workload.pages} pages"
                 seconds = measure_first_touch(baseline, placement)
-                figure("no-uffd first read anon-4K", "kernel", placement.name,
-                       "faults/s").samples.append(baseline.pages / seconds)
+                figure(
+                    "no-uffd first read anon-4K", "kernel", placement.name, "faults/s"
+                ).samples.append(baseline.pages / seconds)
                 if readahead is not None:
                     for engine in ("native", "thread"):
                         for window in (1, READAHEAD_WINDOW):
                             seconds, _, _ = measure(readahead, engine, placement, window)
-                            figure(f"readahead-{window} anon-4K", engine, placement.name,
-                                   "pages/s").samples.append(readahead.pages / seconds)
+                            figure(
+                                f"readahead-{window} anon-4K", engine, placement.name, "pages/s"
+                            ).samples.append(readahead.pages / seconds)
     _ratios(report)
     report.seconds = time.monotonic() - started
     busy_after, own_after = _cpu_seconds()
@@ -333,8 +368,9 @@ def _ratios(report: BenchReport) -> None:
             figure.target = READAHEAD_TARGET
         if reference is not None and len(reference.samples) == len(figure.samples):
             figure.ratio = statistics.median(
-                mine / theirs for mine, theirs in zip(figure.samples, reference.samples,
-                                                      strict=True) if theirs
+                mine / theirs
+                for mine, theirs in zip(figure.samples, reference.samples, strict=True)
+                if theirs
             )
 
 
@@ -418,8 +454,10 @@ def notes(report: BenchReport) -> list[str]:
                     f"{verdict}"
                 )
     for figure in report.missed:
-        found.append(f"MISSED: {figure.workload} {figure.engine} {figure.placement}: "
-                     f"{figure.ratio:.2f}x < {figure.target:g}x. {_why(report, figure)}")
+        found.append(
+            f"MISSED: {figure.workload} {figure.engine} {figure.placement}: "
+            f"{figure.ratio:.2f}x < {figure.target:g}x. {_why(report, figure)}"
+        )
     if not report.missed:
         found.append("all targets met")
     return found
@@ -428,8 +466,10 @@ def notes(report: BenchReport) -> list[str]:
 def _why(report: BenchReport, figure: Figure) -> str:
     """What the figures of this run say about a miss (the numbers, not a guess)."""
     if figure.unit == "pages/s":
-        return ("one fault already resolves a page quickly here, so a 64-page window "
-                "saves less than the per-page COPY cost it keeps")
+        return (
+            "one fault already resolves a page quickly here, so a 64-page window "
+            "saves less than the per-page COPY cost it keeps"
+        )
     reference = report.find(figure.workload, "c-loop", figure.placement)
     if not reference or not figure.median or not reference.median:
         return ""
@@ -444,11 +484,15 @@ def _why(report: BenchReport, figure: Figure) -> str:
         "running first), the rest is the fault itself, the wake-up and the switches"
     )
     if figure.high >= reference.low and reference.high >= figure.low:
-        text += (f"; the two ranges overlap ({_rate(figure.low)}..{_rate(figure.high)} vs "
-                 f"{_rate(reference.low)}..{_rate(reference.high)}): within this run's spread")
+        text += (
+            f"; the two ranges overlap ({_rate(figure.low)}..{_rate(figure.high)} vs "
+            f"{_rate(reference.low)}..{_rate(reference.high)}): within this run's spread"
+        )
     if figure.placement == "cross-cpu" and share < 0.25:
-        text += ("; across CPUs both loops mostly wait for the other vCPU to wake from "
-                 "halt, which no handler code can shorten (busy-poll avoids it)")
+        text += (
+            "; across CPUs both loops mostly wait for the other vCPU to wake from "
+            "halt, which no handler code can shorten (busy-poll avoids it)"
+        )
     return text
 
 
@@ -472,7 +516,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pages", type=int, help="4K pages per figure (default 4096)")
     parser.add_argument("--huge-pages", type=int, help="2M pages per figure (default 64)")
     parser.add_argument(
-        "--workloads", default="anon,shmem,hugetlb,wp",
+        "--workloads",
+        default="anon,shmem,hugetlb,wp",
         help="comma-separated subset of anon,shmem,hugetlb,wp",
     )
     parser.set_defaults(handler=run_bench)

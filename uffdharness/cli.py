@@ -109,6 +109,7 @@ def render_info(facts: SystemFacts) -> str:
 
 # ---- wiring ----------------------------------------------------------------------------
 
+
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     from uffdharness.run_command import add_run_parser as add
 

@@ -33,25 +33,51 @@ def add_matrix_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"SPEC: {SPEC_HELP}. Debian kernels are downloaded once into "
         "~/.cache/uffdharness/kernels.",
     )
-    parser.add_argument("--kernel", dest="kernels", action="append", metavar="SPEC",
-                        required=True, help="a kernel to run under (repeatable)")
+    parser.add_argument(
+        "--kernel",
+        dest="kernels",
+        action="append",
+        metavar="SPEC",
+        required=True,
+        help="a kernel to run under (repeatable)",
+    )
     parser.add_argument("-k", dest="pattern", help="only scenario ids matching (glob/substring)")
-    parser.add_argument("--memory", action="append", choices=ALL_KINDS,
-                        help="only this memory kind (repeatable)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="guests to run at once (default 1); vCPUs per guest are chosen "
-                        "so they do not oversubscribe the host")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
-                        help=f"seconds per scenario x memory inside a guest "
-                        f"({DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--guest-timeout", type=float, default=DEFAULT_GUEST_TIMEOUT,
-                        metavar="S", help="seconds a guest may run before it counts as a hang "
-                        f"({DEFAULT_GUEST_TIMEOUT:g})")
-    parser.add_argument("--guest-memory", type=int, default=None, metavar="MB",
-                        help="guest RAM in MiB (default: the guest runner's)")
+    parser.add_argument(
+        "--memory", action="append", choices=ALL_KINDS, help="only this memory kind (repeatable)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="guests to run at once (default 1); vCPUs per guest are chosen "
+        "so they do not oversubscribe the host",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--guest-timeout",
+        type=float,
+        default=DEFAULT_GUEST_TIMEOUT,
+        metavar="S",
+        help=f"seconds a guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--guest-memory",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="guest RAM in MiB (default: the guest runner's)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE")
-    parser.add_argument("--junit", metavar="FILE",
-                        help="write JUnit XML to FILE, one testsuite per kernel")
+    parser.add_argument(
+        "--junit", metavar="FILE", help="write JUnit XML to FILE, one testsuite per kernel"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(handler=run_matrix_command)
 
@@ -99,8 +125,14 @@ def run_matrix_command(args: argparse.Namespace, out: TextIO | None = None) -> i
         return 2
     wall = time.monotonic() - started
     report.print_table(runs, out, wall)
-    settings = {"specs": specs, "pattern": args.pattern, "memory": list(options.memory),
-                "jobs": args.jobs, "timeout": args.timeout, "guest_timeout": args.guest_timeout}
+    settings = {
+        "specs": specs,
+        "pattern": args.pattern,
+        "memory": list(options.memory),
+        "jobs": args.jobs,
+        "timeout": args.timeout,
+        "guest_timeout": args.guest_timeout,
+    }
     if args.json:
         report.write_json(args.json, runs, wall, settings)
     if args.junit:

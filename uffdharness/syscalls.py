@@ -56,9 +56,7 @@ def munmap(addr: int, length: int) -> None:
 
 
 def mremap(addr: int, old_length: int, new_length: int, flags: int, new_addr: int = 0) -> int:
-    result = lib.mremap(
-        _ptr(addr), old_length, new_length, flags, ffi.cast("void *", new_addr)
-    )
+    result = lib.mremap(_ptr(addr), old_length, new_length, flags, ffi.cast("void *", new_addr))
     result = int(ffi.cast("uintptr_t", result))
     if result == MAP_FAILED:
         raise UffdError(ffi.errno, "mremap", addr, old_length)

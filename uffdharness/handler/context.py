@@ -198,4 +198,3 @@ class PythonLoop:
             core.record_failure(exc)
             core.release(ReleaseReason.FAILURE)
             raise
-

@@ -54,7 +54,12 @@ class Core:
         return self._check(lib.uh_core_add_uffd(self.ptr, fd, int(owned)), "add uffd")
 
     def add_range(
-        self, uffd: int, start: int, length: int, page_size: int, source_offset: int,
+        self,
+        uffd: int,
+        start: int,
+        length: int,
+        page_size: int,
+        source_offset: int,
         policy: Policy,
     ) -> None:
         index = self.policy_index(policy)
@@ -103,15 +108,17 @@ class Core:
         s = self.stats_ptr
         if not s.failed_errno:
             return None
-        return failure_error(s.failed_errno, s.failed_op, s.failed_addr, s.failed_len,
-                             s.failed_done)
+        return failure_error(
+            s.failed_errno, s.failed_op, s.failed_addr, s.failed_len, s.failed_done
+        )
 
     def record_failure(self, exc: BaseException) -> None:
         """Count a failure of the engine's own (policy raised, ioctl failed)."""
         if isinstance(exc, UffdError) and exc.errno:
             op = _op_code(exc.op)
-            lib.uh_core_fail(self.ptr, exc.errno, op, exc.start or 0, exc.length or 0,
-                             exc.done or 0)
+            lib.uh_core_fail(
+                self.ptr, exc.errno, op, exc.start or 0, exc.length or 0, exc.done or 0
+            )
         else:
             lib.uh_core_fail(self.ptr, 0, 0, 0, 0, 0)
 
@@ -136,9 +143,7 @@ class Core:
 def failure_error(err: int, op: int, addr: int, length: int, done: int) -> UffdError:
     if op == lib.UH_OP_NO_ACTION:
         kind = {0: "missing", 1: "wp", 2: "minor"}.get(length, str(length))
-        return UffdError(
-            err, "policy", addr, detail=f"the policy has no action for {kind} faults"
-        )
+        return UffdError(err, "policy", addr, detail=f"the policy has no action for {kind} faults")
     return UffdError(err, OP_NAMES.get(op, f"op {op}"), addr, length, done=done)
 
 

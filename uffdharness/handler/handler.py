@@ -133,8 +133,10 @@ class FaultHandler:
         if self.engine_name == "process" and _moves(chosen):
             # fs/userfaultfd.c refuses cross-mm moves (EINVAL): MOVE works only from a
             # thread of the faulting process.
-            raise HarnessError("UFFDIO_MOVE only works within the faulting process: use "
-                               "the native or thread engine for Move")
+            raise HarnessError(
+                "UFFDIO_MOVE only works within the faulting process: use "
+                "the native or thread engine for Move"
+            )
         if self._state == "stopped":
             raise HarnessError("handler is stopped")
         if self._state == "running" and self.engine_name == "process":
@@ -156,20 +158,31 @@ class FaultHandler:
     def _make_engine(self) -> Engine:
         if self.engine_name == "native":
             return NativeEngine(
-                self._core, cpu=self.cpu, busy_poll=self.busy_poll, batch=self.batch,
+                self._core,
+                cpu=self.cpu,
+                busy_poll=self.busy_poll,
+                batch=self.batch,
                 release_on_stop=self.release_on_stop,
             )
         if self.engine_name == "thread":
             engine = ThreadEngine(
-                self._core, self._wake_fd, cpu=self.cpu, batch=self.batch,
-                release_on_stop=self.release_on_stop, stop_timeout=self.stop_timeout,
+                self._core,
+                self._wake_fd,
+                cpu=self.cpu,
+                batch=self.batch,
+                release_on_stop=self.release_on_stop,
+                stop_timeout=self.stop_timeout,
             )
             features = self.uffd.features
             engine.watch_fork = features is None or bool(features & Feature.EVENT_FORK)
             return engine
         return ProcessEngine(
-            self._core, self.uffd.fileno(), cpu=self.cpu, batch=self.batch,
-            release_on_stop=self.release_on_stop, stop_timeout=self.stop_timeout,
+            self._core,
+            self.uffd.fileno(),
+            cpu=self.cpu,
+            batch=self.batch,
+            release_on_stop=self.release_on_stop,
+            stop_timeout=self.stop_timeout,
         )
 
     def stop(self) -> HandlerStats:
@@ -236,5 +249,3 @@ class FaultHandler:
 
     def __repr__(self) -> str:
         return f"<FaultHandler {self.engine_name} {self._state} on {self.uffd!r}>"
-
-

@@ -300,8 +300,9 @@ class Unprotect(Builtin):
 
     def __init__(self, record: bool = False) -> None:
         super().__init__(
-            wp=Action(lib.UH_ACT_UNPROTECT, "unprotect+record" if record else "unprotect",
-                      record=record)
+            wp=Action(
+                lib.UH_ACT_UNPROTECT, "unprotect+record" if record else "unprotect", record=record
+            )
         )
 
 

@@ -130,9 +130,7 @@ class HandlerStats:
         """Snapshot a live ``struct uh_stats``. Counters are aligned 64-bit words written
         with atomic stores, so each value is whole; the snapshot as a set is not atomic."""
         f = stats.faults
-        faults = FaultCounts(
-            f[0][0], f[0][1], f[1][0], f[1][1], f[2][0], f[2][1]
-        )
+        faults = FaultCounts(f[0][0], f[0][1], f[1][0], f[1][1], f[2][0], f[2][1])
         events = {name: stats.events[i] for i, name in enumerate(_EVENT_NAMES)}
         errors = {
             (errno_name(code) if code else "unknown"): stats.errors[code]
@@ -149,7 +147,10 @@ class HandlerStats:
         failure = None
         if stats.failed_errno or stats.policy_failures:
             failure = describe_failure(
-                stats.failed_errno, stats.failed_op, stats.failed_addr, stats.failed_len,
+                stats.failed_errno,
+                stats.failed_op,
+                stats.failed_addr,
+                stats.failed_len,
                 stats.failed_done,
             )
         return cls(

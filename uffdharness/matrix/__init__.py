@@ -22,7 +22,16 @@ from .kernels import KernelFetchError, KernelImage, cached_kernels, resolve
 from .kernelspec import KernelSpec, SpecError, parse
 
 __all__ = [
-    "GuestConfig", "GuestResult", "KernelFetchError", "KernelImage", "KernelSpec",
-    "MissingHostTools", "SpecError", "cached_kernels", "cpus_per_guest", "parse", "resolve",
+    "GuestConfig",
+    "GuestResult",
+    "KernelFetchError",
+    "KernelImage",
+    "KernelSpec",
+    "MissingHostTools",
+    "SpecError",
+    "cached_kernels",
+    "cpus_per_guest",
+    "parse",
+    "resolve",
     "run_in_guest",
 ]

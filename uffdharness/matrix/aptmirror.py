@@ -15,8 +15,19 @@ DEFAULT_ARCHIVE = "http://deb.debian.org/debian"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
 
 _DEBIAN_CODENAMES = {
-    "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid", "experimental",
-    "oldoldstable", "oldstable", "stable", "testing", "unstable",
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "duke",
+    "sid",
+    "experimental",
+    "oldoldstable",
+    "oldstable",
+    "stable",
+    "testing",
+    "unstable",
 }
 
 
@@ -39,7 +50,7 @@ def parse_one_line(text: str) -> list[SourceEntry]:
         line = line.split("#", 1)[0].strip()
         if not line.startswith("deb "):
             continue
-        line = re.sub(r"\[[^\]]*\]", " ", line[len("deb "):])
+        line = re.sub(r"\[[^\]]*\]", " ", line[len("deb ") :])
         fields = line.split()
         if len(fields) >= 2:
             entries.append(SourceEntry(fields[0].rstrip("/"), fields[1]))

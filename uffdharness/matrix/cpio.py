@@ -63,8 +63,21 @@ class CpioWriter:
         for ino, entry in enumerate([*self._entries, CpioEntry(TRAILER, 0)], start=1):
             name = entry.name.encode() + b"\0"
             nlink = 2 if stat.S_ISDIR(entry.mode) else 1
-            fields = (ino if entry.name != TRAILER else 0, entry.mode, 0, 0, nlink, entry.mtime,
-                      len(entry.data), 0, 0, entry.rdev[0], entry.rdev[1], len(name), 0)
+            fields = (
+                ino if entry.name != TRAILER else 0,
+                entry.mode,
+                0,
+                0,
+                nlink,
+                entry.mtime,
+                len(entry.data),
+                0,
+                0,
+                entry.rdev[0],
+                entry.rdev[1],
+                len(name),
+                0,
+            )
             header = MAGIC + b"".join(b"%08X" % value for value in fields)
             out += header + name + _pad(len(header) + len(name))
             out += entry.data + _pad(len(entry.data))
@@ -76,15 +89,15 @@ def read(archive: bytes) -> list[CpioEntry]:
     entries = []
     pos = 0
     while True:
-        if archive[pos:pos + 6] != MAGIC:
+        if archive[pos : pos + 6] != MAGIC:
             raise ValueError(f"bad cpio magic at offset {pos}")
-        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, mtime, size = fields[1], fields[5], fields[6]
         namesize = fields[11]
         name_start = pos + _HEADER_LEN
-        name = archive[name_start:name_start + namesize - 1].decode()
+        name = archive[name_start : name_start + namesize - 1].decode()
         data_start = name_start + namesize + (-(_HEADER_LEN + namesize) % 4)
-        data = archive[data_start:data_start + size]
+        data = archive[data_start : data_start + size]
         pos = data_start + size + (-size % 4)
         if name == TRAILER:
             return entries

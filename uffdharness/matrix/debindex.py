@@ -65,8 +65,11 @@ def parse_records(text: str) -> list[PackageRecord]:
             for alternative in clause.split("|")
             if alternative.strip()
         )
-        records.append(PackageRecord(fields["Package"], fields["Version"], depends,
-                                     int(fields.get("Size", "0") or 0)))
+        records.append(
+            PackageRecord(
+                fields["Package"], fields["Version"], depends, int(fields.get("Size", "0") or 0)
+            )
+        )
     return records
 
 
@@ -81,8 +84,7 @@ def select(spec: KernelSpec, records: list[PackageRecord]) -> PackageRecord:
     images = [r for r in records if is_generic_image(r.name)]
     if spec.kind is SpecKind.DEBIAN_SERIES:
         n = len(spec.series)
-        matching = [r for r in images
-                     if debversion.upstream_numbers(r.version)[:n] == spec.series]
+        matching = [r for r in images if debversion.upstream_numbers(r.version)[:n] == spec.series]
     elif spec.kind is SpecKind.DEBIAN_LATEST:
         matching = images
     elif spec.kind is SpecKind.DEBIAN_VERSION:
@@ -92,8 +94,10 @@ def select(spec: KernelSpec, records: list[PackageRecord]) -> PackageRecord:
     else:
         raise ValueError(f"{spec.text!r} is not a Debian kernel spec")
     if not matching:
-        series = sorted({".".join(map(str, debversion.upstream_numbers(r.version)[:2]))
-                         for r in images}, key=lambda s: tuple(map(int, s.split("."))))
+        series = sorted(
+            {".".join(map(str, debversion.upstream_numbers(r.version)[:2])) for r in images},
+            key=lambda s: tuple(map(int, s.split("."))),
+        )
         raise LookupError(
             f"no Debian kernel package matches {spec.text!r}; series available: "
             + (", ".join(series) or "none (apt lists empty?)")

@@ -19,7 +19,7 @@ def _compare_part(a: str, b: str) -> int:
     while a or b:
         a_text = re.match(r"\D*", a).group()
         b_text = re.match(r"\D*", b).group()
-        a, b = a[len(a_text):], b[len(b_text):]
+        a, b = a[len(a_text) :], b[len(b_text) :]
         for i in range(max(len(a_text), len(b_text))):
             ca = _char_order(a_text[i]) if i < len(a_text) else 0
             cb = _char_order(b_text[i]) if i < len(b_text) else 0
@@ -27,7 +27,7 @@ def _compare_part(a: str, b: str) -> int:
                 return -1 if ca < cb else 1
         a_num = re.match(r"\d*", a).group()
         b_num = re.match(r"\d*", b).group()
-        a, b = a[len(a_num):], b[len(b_num):]
+        a, b = a[len(a_num) :], b[len(b_num) :]
         if int(a_num or 0) != int(b_num or 0):
             return -1 if int(a_num or 0) < int(b_num or 0) else 1
     return 0

@@ -77,8 +77,13 @@ class Violation:
         return f"{self.name}: expected {self.expected}, got {self.observed} ({self.why})"
 
     def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "memory": self.memory, "expected": self.expected,
-                "observed": self.observed, "why": self.why}
+        return {
+            "id": self.id,
+            "memory": self.memory,
+            "expected": self.expected,
+            "observed": self.observed,
+            "why": self.why,
+        }
 
 
 _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
@@ -86,32 +91,77 @@ _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in D
 EXPECTATIONS: tuple[Expectation, ...] = (
     # mmap 20 pages, register 0-9, unregister 5-9 (DESIGN.md section 5). Observed: 3 VMAs
     # on Debian 5.10 and 6.1, 2 on 6.12, 6.18 and 7.x.
-    Expectation("unregister-merge", SMALL_PAGE_KINDS, "known-bug", before="6.4",
-                facts={"vmas_after_unregister": 3},
-                why=f"buggy before {_UFFD_MERGE}: 0-4 uffd, 5-9, 10-19"),
-    Expectation("unregister-merge", SMALL_PAGE_KINDS, "pass", since="6.4",
-                facts={"vmas_after_unregister": 2},
-                why=f"fixed by {_UFFD_MERGE}: 0-4 uffd, 5-19"),
-    Expectation("unregister-merge", HUGETLB_KINDS, "pass",
-                facts={"vmas_after_unregister": 3}, why=HUGETLB_NEVER_MERGES),
+    Expectation(
+        "unregister-merge",
+        SMALL_PAGE_KINDS,
+        "known-bug",
+        before="6.4",
+        facts={"vmas_after_unregister": 3},
+        why=f"buggy before {_UFFD_MERGE}: 0-4 uffd, 5-9, 10-19",
+    ),
+    Expectation(
+        "unregister-merge",
+        SMALL_PAGE_KINDS,
+        "pass",
+        since="6.4",
+        facts={"vmas_after_unregister": 2},
+        why=f"fixed by {_UFFD_MERGE}: 0-4 uffd, 5-19",
+    ),
+    Expectation(
+        "unregister-merge",
+        HUGETLB_KINDS,
+        "pass",
+        facts={"vmas_after_unregister": 3},
+        why=HUGETLB_NEVER_MERGES,
+    ),
     # Register modes whose feature depends on the memory kind (scenarios/context.py asks
     # for them at run time, so no scenario declares them).
-    Expectation("wp-*", FILE_BACKED_KINDS, "skip", before="5.19",
-                why="uffd-wp on shmem/hugetlbfs needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19)"),
-    Expectation("wp-*", ("anon",), "skip", before="5.10",
-                why="uffd-wp scenarios ask for UFFD_FEATURE_PAGEFAULT_FLAG_WP (5.10; the WP "
-                "register mode itself is 5.7)"),
-    Expectation("minor-continue", SHMEM_LIKE_KINDS, "skip", before="5.14",
-                why="minor faults on shmem need UFFD_FEATURE_MINOR_SHMEM (5.14)"),
-    Expectation("minor-continue", HUGETLB_KINDS, "skip", before="5.13",
-                why="minor faults on hugetlbfs need UFFD_FEATURE_MINOR_HUGETLBFS (5.13)"),
+    Expectation(
+        "wp-*",
+        FILE_BACKED_KINDS,
+        "skip",
+        before="5.19",
+        why="uffd-wp on shmem/hugetlbfs needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19)",
+    ),
+    Expectation(
+        "wp-*",
+        ("anon",),
+        "skip",
+        before="5.10",
+        why="uffd-wp scenarios ask for UFFD_FEATURE_PAGEFAULT_FLAG_WP (5.10; the WP "
+        "register mode itself is 5.7)",
+    ),
+    Expectation(
+        "minor-continue",
+        SHMEM_LIKE_KINDS,
+        "skip",
+        before="5.14",
+        why="minor faults on shmem need UFFD_FEATURE_MINOR_SHMEM (5.14)",
+    ),
+    Expectation(
+        "minor-continue",
+        HUGETLB_KINDS,
+        "skip",
+        before="5.13",
+        why="minor faults on hugetlbfs need UFFD_FEATURE_MINOR_HUGETLBFS (5.13)",
+    ),
     # Syscalls that learned hugetlb late: a scenario using them must skip, not error.
-    Expectation("mremap-roundtrip", HUGETLB_KINDS, "skip", before="5.16",
-                why="mremap() of hugetlb VMAs: 'mm, hugepages: add mremap() support for "
-                "hugepage backed vma' (5.16); older kernels return EINVAL"),
-    Expectation("event-remove", ("hugetlb-private",), "skip", before="5.18",
-                why="MADV_DONTNEED on hugetlb: 'mm: enable MADV_DONTNEED for hugetlb "
-                "mappings' (5.18); older kernels return EINVAL"),
+    Expectation(
+        "mremap-roundtrip",
+        HUGETLB_KINDS,
+        "skip",
+        before="5.16",
+        why="mremap() of hugetlb VMAs: 'mm, hugepages: add mremap() support for "
+        "hugepage backed vma' (5.16); older kernels return EINVAL",
+    ),
+    Expectation(
+        "event-remove",
+        ("hugetlb-private",),
+        "skip",
+        before="5.18",
+        why="MADV_DONTNEED on hugetlb: 'mm: enable MADV_DONTNEED for hugetlb "
+        "mappings' (5.18); older kernels return EINVAL",
+    ),
 )
 
 
@@ -120,14 +170,27 @@ def declared_gates(catalogue: Iterable[Scenario]) -> list[Expectation]:
     gates = []
     for item in catalogue:
         if item.min_kernel:
-            gates.append(Expectation(item.id, item.memory, "skip", before=item.min_kernel,
-                                     why=f"declared min_kernel {item.min_kernel}"))
+            gates.append(
+                Expectation(
+                    item.id,
+                    item.memory,
+                    "skip",
+                    before=item.min_kernel,
+                    why=f"declared min_kernel {item.min_kernel}",
+                )
+            )
         for name in flag_names(item.features):
             major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
             if (major, minor) > (0, 0):
-                gates.append(Expectation(
-                    item.id, item.memory, "skip", before=f"{major}.{minor}",
-                    why=f"declares UFFD_FEATURE_{name} (added in {major}.{minor})"))
+                gates.append(
+                    Expectation(
+                        item.id,
+                        item.memory,
+                        "skip",
+                        before=f"{major}.{minor}",
+                        why=f"declares UFFD_FEATURE_{name} (added in {major}.{minor})",
+                    )
+                )
     return gates
 
 
@@ -154,8 +217,11 @@ def _describe(verdict: str, facts: Mapping[str, Any], names: Iterable[str]) -> s
     return ", ".join([verdict, *shown])
 
 
-def check(version: KernelVersion, results: Sequence[Result],
-          expectations: Sequence[Expectation] | None = None) -> tuple[int, list[Violation]]:
+def check(
+    version: KernelVersion,
+    results: Sequence[Result],
+    expectations: Sequence[Expectation] | None = None,
+) -> tuple[int, list[Violation]]:
     """(number of expectations that applied, violations) for one kernel's results."""
     expectations = all_expectations() if expectations is None else expectations
     applied = 0
@@ -167,10 +233,15 @@ def check(version: KernelVersion, results: Sequence[Result],
             applied += 1
             problem = _mismatch(expected, result, version)
             if problem:
-                violations.append(Violation(
-                    result.id, result.memory,
-                    _describe(expected.verdict, expected.facts, expected.facts),
-                    problem, f"{expected.why}; applies to {expected.kernels}"))
+                violations.append(
+                    Violation(
+                        result.id,
+                        result.memory,
+                        _describe(expected.verdict, expected.facts, expected.facts),
+                        problem,
+                        f"{expected.why}; applies to {expected.kernels}",
+                    )
+                )
     return applied, violations
 
 

@@ -29,11 +29,28 @@ CONSOLE_TAIL_LINES = 60
 RESULTS_SUBDIR = "out"
 # quiet + loglevel keep the serial console (slow under TCG) short; panic=-1 with
 # -no-reboot turns a kernel panic into a qemu exit instead of a hang.
-BASE_CMDLINE = ("console=ttyS0", "panic=-1", "quiet", "loglevel=4", "rdinit=/init",
-                "i8042.noaux", "i8042.nokbd", "tsc=reliable", "no_timer_check")
+BASE_CMDLINE = (
+    "console=ttyS0",
+    "panic=-1",
+    "quiet",
+    "loglevel=4",
+    "rdinit=/init",
+    "i8042.noaux",
+    "i8042.nokbd",
+    "tsc=reliable",
+    "no_timer_check",
+)
 # Passed from the host when set, so a venv or pyenv python behaves the same in the guest.
-PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME",
-                   "PYENV_ROOT", "PYENV_VERSION")
+PASSTHROUGH_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+)
 
 
 @dataclass
@@ -71,13 +88,15 @@ class GuestConfig:
 def guest_environment(env: dict[str, str] | None) -> dict[str, str]:
     result = {key: os.environ[key] for key in PASSTHROUGH_ENV if key in os.environ}
     result.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    result.update({
-        "HOME": "/tmp/home",  # the host root is read-only; /tmp is the guest's tmpfs
-        "TMPDIR": "/tmp",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "UFFDHARNESS_GUEST": "1",
-        "UFFDHARNESS_RESULTS": f"{initramfs.JOB_DIR}/{RESULTS_SUBDIR}",
-    })
+    result.update(
+        {
+            "HOME": "/tmp/home",  # the host root is read-only; /tmp is the guest's tmpfs
+            "TMPDIR": "/tmp",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "UFFDHARNESS_GUEST": "1",
+            "UFFDHARNESS_RESULTS": f"{initramfs.JOB_DIR}/{RESULTS_SUBDIR}",
+        }
+    )
     result.update(env or {})
     return result
 
@@ -93,22 +112,44 @@ def job_script(argv: Sequence[str], env: dict[str, str], cwd: str) -> str:
     )
 
 
-def qemu_argv(kernel: KernelImage, initrd: Path, share: Path, accel: str,
-              config: GuestConfig) -> list[str]:
+def qemu_argv(
+    kernel: KernelImage, initrd: Path, share: Path, accel: str, config: GuestConfig
+) -> list[str]:
     cmdline = " ".join((*BASE_CMDLINE, *config.extra_cmdline))
-    accel_args = (["-accel", "kvm", "-cpu", "host"] if accel == "kvm"
-                  else ["-accel", "tcg,thread=multi", "-cpu", "max"])
+    accel_args = (
+        ["-accel", "kvm", "-cpu", "host"]
+        if accel == "kvm"
+        else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    )
     return [
-        QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-machine", "pc", *accel_args,
-        "-m", str(config.memory_mb), "-smp", str(config.cpus),
-        "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
-        "-kernel", str(kernel.boot_image(config.prefer_vmlinux)),
-        "-initrd", str(initrd), "-append", cmdline,
-        "-virtfs", f"local,path=/,mount_tag={initramfs.ROOT_TAG},security_model=none,"
-                   "readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={share},mount_tag={initramfs.RESULTS_TAG},"
-                   "security_model=none,multidevs=remap",
+        QEMU,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-machine",
+        "pc",
+        *accel_args,
+        "-m",
+        str(config.memory_mb),
+        "-smp",
+        str(config.cpus),
+        "-chardev",
+        "stdio,id=console,signal=off",
+        "-serial",
+        "chardev:console",
+        "-kernel",
+        str(kernel.boot_image(config.prefer_vmlinux)),
+        "-initrd",
+        str(initrd),
+        "-append",
+        cmdline,
+        "-virtfs",
+        f"local,path=/,mount_tag={initramfs.ROOT_TAG},security_model=none,"
+        "readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={share},mount_tag={initramfs.RESULTS_TAG},security_model=none,multidevs=remap",
     ]
 
 
@@ -144,9 +185,15 @@ def _failure_detail(console: list[str]) -> str:
     return "qemu exited before the job reported an exit code"
 
 
-def run_in_guest(kernel: KernelImage, argv: Sequence[str], timeout: float,
-                 env: dict[str, str] | None = None, *, cwd: str = "/",
-                 config: GuestConfig | None = None) -> GuestResult:
+def run_in_guest(
+    kernel: KernelImage,
+    argv: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    *,
+    cwd: str = "/",
+    config: GuestConfig | None = None,
+) -> GuestResult:
     """Boot `kernel`, run `argv` in the host's root file system, and return what happened."""
     from . import kvmprobe  # the probe itself boots a guest through this module
 
@@ -167,8 +214,9 @@ def run_in_guest(kernel: KernelImage, argv: Sequence[str], timeout: float,
 
 def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestResult:
     started = time.monotonic()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     reader = _ConsoleReader(proc.stdout, started)
     reader.start()
     hung = False
@@ -184,13 +232,21 @@ def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestR
             proc.stdout.close()
     total_s = time.monotonic() - started
     exit_text = _read_text(share / "exit_code").strip()
-    files = {path.name: path.read_bytes()
-             for path in sorted((share / RESULTS_SUBDIR).iterdir()) if path.is_file()}
+    files = {
+        path.name: path.read_bytes()
+        for path in sorted((share / RESULTS_SUBDIR).iterdir())
+        if path.is_file()
+    }
     result = GuestResult(
-        status="ok", exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
-        stdout=_read_text(share / "stdout"), stderr=_read_text(share / "stderr"),
-        console_tail="\n".join(reader.lines[-CONSOLE_TAIL_LINES:]), files=files,
-        boot_s=reader.job_started_at, total_s=total_s, accel=accel,
+        status="ok",
+        exit_code=int(exit_text) if exit_text.lstrip("-").isdigit() else None,
+        stdout=_read_text(share / "stdout"),
+        stderr=_read_text(share / "stderr"),
+        console_tail="\n".join(reader.lines[-CONSOLE_TAIL_LINES:]),
+        files=files,
+        boot_s=reader.job_started_at,
+        total_s=total_s,
+        accel=accel,
     )
     if hung:
         result.status = "hang"
@@ -201,22 +257,46 @@ def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestR
     return result
 
 
-def run_on_host(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None, *,
-                cwd: str = "/") -> GuestResult:
+def run_on_host(
+    argv: Sequence[str], timeout: float, env: dict[str, str] | None = None, *, cwd: str = "/"
+) -> GuestResult:
     """The `host` kernel: run `argv` directly, with the same result shape and results dir."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="uffdharness-host-") as results:
         full_env = dict(os.environ, UFFDHARNESS_RESULTS=results, **(env or {}))
         try:
-            proc = subprocess.run(list(argv), cwd=cwd, env=full_env, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
+            proc = subprocess.run(
+                list(argv),
+                cwd=cwd,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            return GuestResult("hang", None, _as_text(exc.stdout), _as_text(exc.stderr), "",
-                               total_s=time.monotonic() - started, accel="host",
-                               detail=f"killed after {timeout:.0f} s")
+            return GuestResult(
+                "hang",
+                None,
+                _as_text(exc.stdout),
+                _as_text(exc.stderr),
+                "",
+                total_s=time.monotonic() - started,
+                accel="host",
+                detail=f"killed after {timeout:.0f} s",
+            )
         files = {p.name: p.read_bytes() for p in sorted(Path(results).iterdir()) if p.is_file()}
-    return GuestResult("ok", proc.returncode, proc.stdout, proc.stderr, "", files, 0.0,
-                       time.monotonic() - started, "host")
+    return GuestResult(
+        "ok",
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        "",
+        files,
+        0.0,
+        time.monotonic() - started,
+        "host",
+    )
 
 
 def _as_text(data: bytes | str | None) -> str:

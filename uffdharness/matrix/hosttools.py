@@ -72,14 +72,14 @@ def is_static_elf(path: Path) -> bool:
         is64 = ident[4] == 2
         endian = "<" if ident[5] == 1 else ">"
         if is64:
-            phoff, = struct.unpack_from(endian + "Q", ident, 0x20)
+            (phoff,) = struct.unpack_from(endian + "Q", ident, 0x20)
             phentsize, phnum = struct.unpack_from(endian + "HH", ident, 0x36)
         else:
-            phoff, = struct.unpack_from(endian + "I", ident, 0x1C)
+            (phoff,) = struct.unpack_from(endian + "I", ident, 0x1C)
             phentsize, phnum = struct.unpack_from(endian + "HH", ident, 0x2A)
         for index in range(phnum):
             f.seek(phoff + index * phentsize)
-            p_type, = struct.unpack(endian + "I", f.read(4))
+            (p_type,) = struct.unpack(endian + "I", f.read(4))
             if p_type == PT_INTERP:
                 return False
     return True

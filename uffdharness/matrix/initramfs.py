@@ -28,8 +28,20 @@ END_MARKER = "UFFDHARNESS-JOB-END"
 # virtio_pci finds the PCI transport, 9pnet_virtio the 9p channels on it, 9p the file
 # system; netfs, fscache, virtio_ring etc. follow from modules.dep.
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
-APPLETS = ("sh", "mount", "umount", "mkdir", "insmod", "chroot", "cat", "echo", "sync",
-           "poweroff", "sleep", "ls")
+APPLETS = (
+    "sh",
+    "mount",
+    "umount",
+    "mkdir",
+    "insmod",
+    "chroot",
+    "cat",
+    "echo",
+    "sync",
+    "poweroff",
+    "sleep",
+    "ls",
+)
 # cache=loose: the root share is read-only and nothing else changes it while the guest
 # runs a job, so the guest may cache data and metadata; measured faster than cache=none.
 ROOT_MOUNT_OPTIONS = "trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144"
@@ -96,8 +108,9 @@ def build(kernel: KernelImage, busybox: Path) -> bytes:
         writer.add_symlink(f"bin/{applet}", "busybox")
     assert kernel.modules_dir is not None or not order
     for entry in order:
-        writer.add_file(f"lib/modules/{entry.name}.ko",
-                        modules.read_module(kernel.modules_dir, entry))  # type: ignore[arg-type]
+        writer.add_file(
+            f"lib/modules/{entry.name}.ko", modules.read_module(kernel.modules_dir, entry)
+        )  # type: ignore[arg-type]
     writer.add_file("init", init_script([e.name for e in order]).encode(), 0o755)
     return writer.getvalue()
 

@@ -59,22 +59,29 @@ class KernelFetchError(RuntimeError):
     pass
 
 
-def resolve(spec: str | KernelSpec, *, cache: Path | None = None,
-            max_list_age_s: float = DEFAULT_MAX_AGE_S, log: Log = _stderr_log) -> KernelImage:
+def resolve(
+    spec: str | KernelSpec,
+    *,
+    cache: Path | None = None,
+    max_list_age_s: float = DEFAULT_MAX_AGE_S,
+    log: Log = _stderr_log,
+) -> KernelImage:
     """A KernelImage for `spec`, downloading and preparing a Debian kernel if needed."""
     spec = parse(spec) if isinstance(spec, str) else spec
     cache = cache or cache_root()
     if spec.kind is SpecKind.HOST:
         release = os.uname().release
         modules = Path("/lib/modules") / release
-        return KernelImage(spec.text, release, None, None,
-                           modules if modules.is_dir() else None, None, None)
+        return KernelImage(
+            spec.text, release, None, None, modules if modules.is_dir() else None, None, None
+        )
     if spec.kind is SpecKind.PATH:
         return _local_kernel(spec, cache)
     return _debian_kernel(spec, cache, max_list_age_s, log)
 
 
 # --- kernels given by path -------------------------------------------------------------
+
 
 def _local_kernel(spec: KernelSpec, cache: Path) -> KernelImage:
     assert spec.kernel_path is not None
@@ -84,14 +91,15 @@ def _local_kernel(spec: KernelSpec, cache: Path) -> KernelImage:
     release = bzimage.release_of(kernel)
     modules_dir = spec.modules_dir
     if modules_dir is None:
-        for candidate in (kernel.parent.parent / "lib" / "modules" / release,
-                          Path("/lib/modules") / release):
+        for candidate in (
+            kernel.parent.parent / "lib" / "modules" / release,
+            Path("/lib/modules") / release,
+        ):
             if (candidate / "modules.dep").is_file():
                 modules_dir = candidate
                 break
     elif not (modules_dir / "modules.dep").is_file():
-        raise KernelFetchError(
-            f"{modules_dir} has no modules.dep; run: depmod -b <root> {release}")
+        raise KernelFetchError(f"{modules_dir} has no modules.dep; run: depmod -b <root> {release}")
     digest = hashlib.sha256(kernel.read_bytes()).hexdigest()[:16]
     entry = cache / "local" / digest
     with locked(cache / "locks" / f"local-{digest}.lock"):
@@ -128,6 +136,7 @@ def _make_vmlinux(kernel: Path, entry: Path) -> Path | None:
 
 # --- Debian kernels --------------------------------------------------------------------
 
+
 def _entries(cache: Path) -> list[dict]:
     found = []
     for meta in sorted((cache / "debian").glob("*/kernel.json")):
@@ -155,22 +164,30 @@ def _newest_cached(spec: KernelSpec, cache: Path) -> dict | None:
         chosen = debindex.select(spec, records)
     except LookupError:
         return None
-    return next(m for m in _entries(cache) if m["version"] == chosen.version
-                and m["image_package"] == chosen.name)
+    return next(
+        m
+        for m in _entries(cache)
+        if m["version"] == chosen.version and m["image_package"] == chosen.name
+    )
 
 
 def _image_from_meta(spec: KernelSpec, meta: dict) -> KernelImage:
     entry = Path(meta["dir"])
     vmlinux = entry / "vmlinux"
     return KernelImage(
-        spec.text, meta["release"], entry / meta["kernel"],
-        vmlinux if vmlinux.is_file() else None, entry / meta["modules_dir"],
-        meta["version"], entry,
+        spec.text,
+        meta["release"],
+        entry / meta["kernel"],
+        vmlinux if vmlinux.is_file() else None,
+        entry / meta["modules_dir"],
+        meta["version"],
+        entry,
     )
 
 
-def _lookup(spec: KernelSpec, apt: PrivateApt, max_list_age_s: float,
-            log: Log) -> debindex.KernelPackages:
+def _lookup(
+    spec: KernelSpec, apt: PrivateApt, max_list_age_s: float, log: Log
+) -> debindex.KernelPackages:
     report = apt.update(max_list_age_s)
     if report.ran:
         log(f"apt-get update ({apt.mirror.archive}): {'ok' if report.ok else 'FAILED'}")
@@ -189,22 +206,36 @@ def _kernel_records(apt: PrivateApt) -> list[debindex.PackageRecord]:
     try:
         saved = json.loads(memo.read_text())
         if stamp is not None and saved["stamp"] == stamp:
-            return [debindex.PackageRecord(r["name"], r["version"], tuple(r["depends"]),
-                                           r["size"]) for r in saved["records"]]
+            return [
+                debindex.PackageRecord(r["name"], r["version"], tuple(r["depends"]), r["size"])
+                for r in saved["records"]
+            ]
     except (OSError, ValueError, KeyError):
         pass
-    names = [n for n in apt.search_names(debindex.IMAGE_NAME_REGEX)
-             if debindex.is_generic_image(n)]
+    names = [n for n in apt.search_names(debindex.IMAGE_NAME_REGEX) if debindex.is_generic_image(n)]
     records = debindex.parse_records(apt.show(names))
     if stamp is not None:
-        write_atomic(memo, json.dumps({"stamp": stamp, "records": [
-            {"name": r.name, "version": r.version, "depends": list(r.depends), "size": r.size}
-            for r in records]}).encode())
+        write_atomic(
+            memo,
+            json.dumps(
+                {
+                    "stamp": stamp,
+                    "records": [
+                        {
+                            "name": r.name,
+                            "version": r.version,
+                            "depends": list(r.depends),
+                            "size": r.size,
+                        }
+                        for r in records
+                    ],
+                }
+            ).encode(),
+        )
     return records
 
 
-def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float,
-                   log: Log) -> KernelImage:
+def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float, log: Log) -> KernelImage:
     meta = _cached_match(spec, cache)
     if meta:
         return _image_from_meta(spec, meta)
@@ -228,21 +259,25 @@ def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float,
     with locked(cache / "locks" / f"debian-{key}.lock"):
         if not (entry / "kernel.json").is_file():
             _prepare_debian_entry(packages, apt, entry, log)
-    return _image_from_meta(spec, json.loads((entry / "kernel.json").read_text())
-                            | {"dir": str(entry)})
+    return _image_from_meta(
+        spec, json.loads((entry / "kernel.json").read_text()) | {"dir": str(entry)}
+    )
 
 
 def _find_kernel(root: Path, release: str) -> Path:
-    for candidate in (root / "boot" / f"vmlinuz-{release}",
-                      root / "usr" / "lib" / "modules" / release / "vmlinuz",
-                      root / "lib" / "modules" / release / "vmlinuz"):
+    for candidate in (
+        root / "boot" / f"vmlinuz-{release}",
+        root / "usr" / "lib" / "modules" / release / "vmlinuz",
+        root / "lib" / "modules" / release / "vmlinuz",
+    ):
         if candidate.is_file():
             return candidate
     raise KernelFetchError(f"no vmlinuz for {release} in the extracted packages")
 
 
-def _prepare_debian_entry(packages: debindex.KernelPackages, apt: PrivateApt, entry: Path,
-                          log: Log) -> None:
+def _prepare_debian_entry(
+    packages: debindex.KernelPackages, apt: PrivateApt, entry: Path, log: Log
+) -> None:
     release = packages.release
     shutil.rmtree(entry, ignore_errors=True)
     downloads = entry / "downloads"
@@ -281,15 +316,14 @@ def _prepare_debian_entry(packages: debindex.KernelPackages, apt: PrivateApt, en
         "prepare_s": round(time.monotonic() - started, 2),
         "mirror": apt.mirror.archive,
     }
-    log(f"{release}: {download_bytes / 1e6:.0f} MB in {download_s:.1f} s, "
-        f"prepared in {meta['prepare_s']} s")
+    log(
+        f"{release}: {download_bytes / 1e6:.0f} MB in {download_s:.1f} s, "
+        f"prepared in {meta['prepare_s']} s"
+    )
     write_atomic(entry / "kernel.json", json.dumps(meta, indent=2).encode())
 
 
 def cached_kernels(cache: Path | None = None) -> list[KernelImage]:
     """Every complete Debian kernel in the cache, oldest version first."""
-    metas = sorted(_entries(cache or cache_root()),
-                   key=lambda m: debversion.sort_key(m["version"]))
+    metas = sorted(_entries(cache or cache_root()), key=lambda m: debversion.sort_key(m["version"]))
     return [_image_from_meta(parse(f"debian:{m['version']}"), m) for m in metas]
-
-

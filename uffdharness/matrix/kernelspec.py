@@ -1,14 +1,14 @@
 """Parse the kernel SPEC strings a user writes on the `uffdharness matrix` command line.
 
-    host                         the running kernel, no qemu
-    debian:5.10 | debian:6.1 | debian:6.12 | debian:X.Y
-                                 newest Debian kernel package of that upstream series
-    debian:latest                newest Debian kernel package in any reachable suite
-    debian:6.1.192-2             that exact Debian package version
-    debian:linux-image-6.1.0-56-amd64
-                                 that exact binary package (newest version of it)
-    /path/to/bzImage[,modules=/path/to/lib/modules/RELEASE]
-                                 a kernel you built; vmlinux (ELF) works too
+host                         the running kernel, no qemu
+debian:5.10 | debian:6.1 | debian:6.12 | debian:X.Y
+                             newest Debian kernel package of that upstream series
+debian:latest                newest Debian kernel package in any reachable suite
+debian:6.1.192-2             that exact Debian package version
+debian:linux-image-6.1.0-56-amd64
+                             that exact binary package (newest version of it)
+/path/to/bzImage[,modules=/path/to/lib/modules/RELEASE]
+                             a kernel you built; vmlinux (ELF) works too
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parse(text: str) -> KernelSpec:
     if text == "host":
         return KernelSpec(text, SpecKind.HOST)
     if text.startswith("debian:"):
-        return _parse_debian(text, text[len("debian:"):])
+        return _parse_debian(text, text[len("debian:") :])
     if "/" in text or text.startswith("."):
         return _parse_path(text)
     raise SpecError(

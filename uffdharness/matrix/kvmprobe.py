@@ -18,8 +18,9 @@ PROBE_TIMEOUT_S = 30.0  # a TCG boot takes 3-5 s; a working KVM is faster still
 
 
 def _probe_key() -> str:
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
-                          check=False).stdout.splitlines()[:1]
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
     return f"{os.uname().release}|{qemu[0] if qemu else '?'}"
 
 
@@ -45,20 +46,25 @@ def probe(kernel: KernelImage) -> dict:
         verdict = cached_verdict()
         if verdict is not None:
             return verdict
-        result = run_in_guest(kernel, ["/bin/true"], PROBE_TIMEOUT_S,
-                              config=GuestConfig(accel="kvm"))
+        result = run_in_guest(
+            kernel, ["/bin/true"], PROBE_TIMEOUT_S, config=GuestConfig(accel="kvm")
+        )
         works = result.status == "ok" and result.exit_code == 0
         verdict = {
-            "key": _probe_key(), "works": works, "kernel": kernel.release,
-            "status": result.status, "total_s": round(result.total_s, 2),
-            "detail": result.detail or "", "console_tail": result.console_tail[-2000:],
+            "key": _probe_key(),
+            "works": works,
+            "kernel": kernel.release,
+            "status": result.status,
+            "total_s": round(result.total_s, 2),
+            "detail": result.detail or "",
+            "console_tail": result.console_tail[-2000:],
         }
         write_atomic(_verdict_file(), json.dumps(verdict, indent=2).encode())
         return verdict
 
 
 def default_accel(kernel: KernelImage) -> str:
-    """"kvm" if the (cached) probe proved KVM boots a kernel here, else "tcg"."""
+    """ "kvm" if the (cached) probe proved KVM boots a kernel here, else "tcg"."""
     forced = os.environ.get("UFFDHARNESS_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced

@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m uffdharness.matrix.merge",
         description="Merge `uffdharness matrix --json` files into one kernel x scenario "
-        "table, JSON and JUnit report.")
+        "table, JSON and JUnit report.",
+    )
     parser.add_argument("inputs", nargs="+", metavar="FILE", help="matrix JSON files")
     parser.add_argument("--json", metavar="FILE", help="write the merged JSON to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write JUnit XML, one suite per kernel")

@@ -95,8 +95,12 @@ class PrivateApt:
                 f"Debian archive keyring {self.keyring} is missing; "
                 "install it with: apt-get install -y debian-archive-keyring"
             )
-        for sub in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
-                    "cache/archives/partial"):
+        for sub in (
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+        ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "state" / "status").touch()
         wanted = sources_list(self.mirror, self.keyring)
@@ -122,7 +126,8 @@ class PrivateApt:
         if any("NO_PUBKEY" in line for line in problems):
             problems.append(
                 f"hint: {self.keyring} lacks the keys of the suites above, which are skipped; "
-                "a newer debian-archive-keyring package carries them")
+                "a newer debian-archive-keyring package carries them"
+            )
         # A suite apt refused (unsigned, unreachable) is left out; the others still count,
         # so the lists are fresh if any suite's Packages file arrived.
         if proc.returncode == 0 or any((self.root / "state" / "lists").glob("*_Packages*")):
@@ -146,16 +151,17 @@ class PrivateApt:
         """`apt-get download name=version ...` into `dest`."""
         dest.mkdir(parents=True, exist_ok=True)
         args = [f"{name}={version}" for name, version in pins]
-        proc = self._run(["apt-get", *self.options(), "download", *args], cwd=dest,
-                         timeout=timeout)
+        proc = self._run(["apt-get", *self.options(), "download", *args], cwd=dest, timeout=timeout)
         self._check(proc, "apt-get download")
 
     @staticmethod
-    def _run(argv: list[str], cwd: Path | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def _run(
+        argv: list[str], cwd: Path | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     @staticmethod
     def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:

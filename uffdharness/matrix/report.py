@@ -19,8 +19,14 @@ from .runner import GUEST_ROW_ID, KernelRun, exit_status, result_from_json
 
 SCHEMA = "uffdharness-matrix/1"
 # Cell text per verdict; the capitals are what needs a look.
-CELL = {"pass": "pass", "known-bug": "known", "fail": "FAIL", "skip": "skip",
-        "error": "ERROR", "hang": "HANG"}
+CELL = {
+    "pass": "pass",
+    "known-bug": "known",
+    "fail": "FAIL",
+    "skip": "skip",
+    "error": "ERROR",
+    "hang": "HANG",
+}
 NOT_RUN = "-"
 VIOLATION_MARK = "!"
 LEGEND = (
@@ -34,18 +40,21 @@ DETAIL_WIDTH = 220
 
 # --- JSON --------------------------------------------------------------------------------
 
+
 def kernel_json(run: KernelRun) -> dict[str, Any]:
     return {
         "spec": run.spec,
         "release": run.release or run.kernel.get("release", ""),
         "package_version": run.package_version,
         "kernel": run.kernel,
-        "summary": run.summary or {"counts": reports.counts(run.results),
-                                   "total": len(run.results)},
+        "summary": run.summary
+        or {"counts": reports.counts(run.results), "total": len(run.results)},
         "results": [result.to_json() for result in run.results],
         "guest": run.guest,
-        "expectations": {"checked": run.checked,
-                         "violations": [v.to_json() for v in run.violations]},
+        "expectations": {
+            "checked": run.checked,
+            "violations": [v.to_json() for v in run.violations],
+        },
     }
 
 
@@ -61,18 +70,26 @@ def summary_json(runs: Sequence[KernelRun]) -> dict[str, Any]:
     }
 
 
-def to_json(runs: Sequence[KernelRun], wall_s: float | None = None,
-            options: dict[str, Any] | None = None) -> dict[str, Any]:
+def to_json(
+    runs: Sequence[KernelRun], wall_s: float | None = None, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     matrix: dict[str, Any] = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if wall_s is not None:
         matrix["wall_s"] = round(wall_s, 2)
     matrix.update(options or {})
-    return {"matrix": matrix, "summary": summary_json(runs),
-            "kernels": [kernel_json(run) for run in runs]}
+    return {
+        "matrix": matrix,
+        "summary": summary_json(runs),
+        "kernels": [kernel_json(run) for run in runs],
+    }
 
 
-def write_json(path: str, runs: Sequence[KernelRun], wall_s: float | None = None,
-               options: dict[str, Any] | None = None) -> None:
+def write_json(
+    path: str,
+    runs: Sequence[KernelRun],
+    wall_s: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
     with open(path, "w") as out:
         json.dump(to_json(runs, wall_s, options), out, indent=2, default=str)
         out.write("\n")
@@ -84,15 +101,17 @@ def runs_from_json(document: dict[str, Any]) -> list[KernelRun]:
         raise ValueError("not a uffdharness matrix report (no 'kernels' list)")
     runs = []
     for section in document["kernels"]:
-        runs.append(KernelRun(
-            spec=section["spec"],
-            release=section.get("release", ""),
-            package_version=section.get("package_version"),
-            kernel=section.get("kernel", {}),
-            summary=section.get("summary", {}),
-            results=[result_from_json(item) for item in section.get("results", [])],
-            guest=section.get("guest", {}),
-        ))
+        runs.append(
+            KernelRun(
+                spec=section["spec"],
+                release=section.get("release", ""),
+                package_version=section.get("package_version"),
+                kernel=section.get("kernel", {}),
+                summary=section.get("summary", {}),
+                results=[result_from_json(item) for item in section.get("results", [])],
+                guest=section.get("guest", {}),
+            )
+        )
     return runs
 
 
@@ -102,6 +121,7 @@ def load(path: str) -> list[KernelRun]:
 
 
 # --- JUnit -------------------------------------------------------------------------------
+
 
 def junit_suites(runs: Sequence[KernelRun]) -> list[tuple[str, list[Result]]]:
     """One suite per kernel, named by its spec. The expectation check is one more test
@@ -116,14 +136,24 @@ def junit_suites(runs: Sequence[KernelRun]) -> list[tuple[str, list[Result]]]:
 
 
 def expectations_row(run: KernelRun) -> Result:
-    facts = {"checked": run.checked, "violations": [v.to_json() for v in run.violations],
-             "release": run.release}
+    facts = {
+        "checked": run.checked,
+        "violations": [v.to_json() for v in run.violations],
+        "release": run.release,
+    }
     if run.violations:
         reason = "; ".join(str(v) for v in run.violations)
-        return Result("matrix-expectations", "all", "fail", reason,
-                      f"{len(run.violations)} of {run.checked} expectations violated", facts)
-    return Result("matrix-expectations", "all", "pass", "",
-                  f"{run.checked} expectations hold", facts)
+        return Result(
+            "matrix-expectations",
+            "all",
+            "fail",
+            reason,
+            f"{len(run.violations)} of {run.checked} expectations violated",
+            facts,
+        )
+    return Result(
+        "matrix-expectations", "all", "pass", "", f"{run.checked} expectations hold", facts
+    )
 
 
 def write_junit(path: str, runs: Sequence[KernelRun]) -> None:
@@ -131,6 +161,7 @@ def write_junit(path: str, runs: Sequence[KernelRun]) -> None:
 
 
 # --- the table ---------------------------------------------------------------------------
+
 
 def rows(runs: Sequence[KernelRun]) -> list[tuple[str, str]]:
     """(scenario, memory) in catalogue order as the kernels reported them; guest rows last."""
@@ -158,8 +189,7 @@ def cell(run: KernelRun, scenario: str, memory: str) -> str:
 
 def column_labels(runs: Sequence[KernelRun]) -> list[str]:
     """Column headings: the spec, or a kernel path's file name when that stays unique."""
-    short = [Path(run.spec.split(",", 1)[0]).name if "/" in run.spec else run.spec
-             for run in runs]
+    short = [Path(run.spec.split(",", 1)[0]).name if "/" in run.spec else run.spec for run in runs]
     return short if len(set(short)) == len(short) else [run.spec for run in runs]
 
 
@@ -174,8 +204,10 @@ def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = N
     labels = [_row_label(scenario, memory) for scenario, memory in table_rows]
     first = max([len(label) for label in labels] + [len("scenario[memory]")])
     headings = column_labels(runs)
-    widths = [max(len(heading), len(_version_label(run)), 6)
-              for heading, run in zip(headings, runs, strict=True)]
+    widths = [
+        max(len(heading), len(_version_label(run)), 6)
+        for heading, run in zip(headings, runs, strict=True)
+    ]
     out.write(_line("", headings, first, widths))
     out.write(_line("scenario[memory]", [_version_label(run) for run in runs], first, widths))
     for label, (scenario, memory) in zip(labels, table_rows, strict=True):
@@ -188,9 +220,11 @@ def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = N
     summary = summary_json(runs)
     tally = ", ".join(f"{n} {v}" for v, n in summary["counts"].items() if n)
     took = f" in {wall_s:.1f} s" if wall_s is not None else ""
-    out.write(f"\n{len(runs)} kernels, {summary['total']} results{took}: {tally or 'none'}; "
-              f"{summary['violations']} expectation violations, "
-              f"{summary['guest_failures']} guest failures\n")
+    out.write(
+        f"\n{len(runs)} kernels, {summary['total']} results{took}: {tally or 'none'}; "
+        f"{summary['violations']} expectation violations, "
+        f"{summary['guest_failures']} guest failures\n"
+    )
 
 
 def _row_label(scenario: str, memory: str) -> str:
@@ -209,13 +243,17 @@ def _timing(run: KernelRun) -> str:
         parts.append(f"host, {guest.get('total_s') or 0:.1f} s")
     elif guest.get("accel"):
         boot = guest.get("boot_s")
-        parts.append(f"{guest['accel']}, boot {boot:.1f} s" if boot is not None
-                     else str(guest["accel"]))
+        parts.append(
+            f"{guest['accel']}, boot {boot:.1f} s" if boot is not None else str(guest["accel"])
+        )
         parts.append(f"total {guest.get('total_s') or 0:.1f} s")
     counts = reports.counts(run.results)
     tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    expectations = (f"{len(run.violations)}/{run.checked} expectations violated"
-                    if run.violations else f"{run.checked} expectations hold")
+    expectations = (
+        f"{len(run.violations)}/{run.checked} expectations violated"
+        if run.violations
+        else f"{run.checked} expectations hold"
+    )
     return f"{', '.join(parts)}; {tally}; {expectations}"
 
 
@@ -224,10 +262,11 @@ def _print_attention(runs: Sequence[KernelRun], out: TextIO) -> None:
     if violations:
         out.write("\nexpectation violations:\n")
         for run, violation in violations:
-            out.write(f"  {run.spec}: {violation.name}: expected {violation.expected}, got "
-                      f"{_clip(violation.observed)}\n      why: {_clip(violation.why)}\n")
-    bad = [(run, r) for run in runs for r in run.results
-           if r.verdict in ("fail", "error", "hang")]
+            out.write(
+                f"  {run.spec}: {violation.name}: expected {violation.expected}, got "
+                f"{_clip(violation.observed)}\n      why: {_clip(violation.why)}\n"
+            )
+    bad = [(run, r) for run in runs for r in run.results if r.verdict in ("fail", "error", "hang")]
     if bad:
         out.write("\nfail / error / hang:\n")
         for run, result in bad:
@@ -243,4 +282,4 @@ def _print_attention(runs: Sequence[KernelRun], out: TextIO) -> None:
 
 def _clip(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= DETAIL_WIDTH else text[:DETAIL_WIDTH - 3] + "..."
+    return text if len(text) <= DETAIL_WIDTH else text[: DETAIL_WIDTH - 3] + "..."

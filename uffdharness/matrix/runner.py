@@ -75,8 +75,11 @@ class KernelRun:
         numbers = self.kernel.get("version")
         if not numbers:
             return None
-        return KernelVersion(*numbers[:3], release=self.kernel.get("release", ""),
-                             patch_known=bool(self.kernel.get("patch_known", True)))
+        return KernelVersion(
+            *numbers[:3],
+            release=self.kernel.get("release", ""),
+            patch_known=bool(self.kernel.get("patch_known", True)),
+        )
 
     @property
     def guest_failed(self) -> bool:
@@ -108,12 +111,16 @@ def guest_python() -> str:
     """
     python = Path(sys.executable)
     package = Path(__file__).resolve().parent.parent
-    for what, path in (("python", python), ("python", python.resolve()),
-                       ("the uffdharness package", package)):
+    for what, path in (
+        ("python", python),
+        ("python", python.resolve()),
+        ("the uffdharness package", package),
+    ):
         if str(path) == "/tmp" or str(path).startswith("/tmp/"):
             raise MatrixError(
                 f"{what} at {path} lives under /tmp, which a guest replaces with its own "
-                "tmpfs; install uffdharness into a venv elsewhere (e.g. ./.venv)")
+                "tmpfs; install uffdharness into a venv elsewhere (e.g. ./.venv)"
+            )
     return str(python)
 
 
@@ -140,8 +147,13 @@ def run_argv(options: MatrixOptions, python: str) -> list[str]:
         command += ["-k", options.pattern]
     for kind in options.memory:
         command += ["--memory", kind]
-    return ["/bin/sh", "-c", f'exec "$@" --json "$UFFDHARNESS_RESULTS/{REPORT_NAME}"', "sh",
-            *command]
+    return [
+        "/bin/sh",
+        "-c",
+        f'exec "$@" --json "$UFFDHARNESS_RESULTS/{REPORT_NAME}"',
+        "sh",
+        *command,
+    ]
 
 
 def check_specs(specs: Sequence[str]) -> list[str]:
@@ -163,8 +175,9 @@ def require_tools(specs: Sequence[str]) -> None:
         hosttools.require(hosttools.BOOT_TOOLS)
 
 
-def run_matrix(specs: Sequence[str], options: MatrixOptions,
-               progress: Progress | None = None) -> list[KernelRun]:
+def run_matrix(
+    specs: Sequence[str], options: MatrixOptions, progress: Progress | None = None
+) -> list[KernelRun]:
     """One KernelRun per spec, in the order given; ``options.jobs`` guests at a time."""
     specs = check_specs(specs)
     guests = sum(parse(spec).kind is not SpecKind.HOST for spec in specs)
@@ -176,8 +189,7 @@ def run_matrix(specs: Sequence[str], options: MatrixOptions,
     parallel = max(1, min(options.jobs, guests))
     config = GuestConfig(memory_mb=options.memory_mb, cpus=cpus_per_guest(parallel))
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        runs = list(pool.map(lambda spec: run_kernel(spec, options, python, config, say),
-                             specs))
+        runs = list(pool.map(lambda spec: run_kernel(spec, options, python, config, say), specs))
     for run in runs:
         run.check_expectations()
     return runs
@@ -194,8 +206,9 @@ def _serialised(progress: Progress | None) -> Progress:
     return say
 
 
-def run_kernel(spec: str, options: MatrixOptions, python: str, config: GuestConfig,
-               say: Progress) -> KernelRun:
+def run_kernel(
+    spec: str, options: MatrixOptions, python: str, config: GuestConfig, say: Progress
+) -> KernelRun:
     started = time.monotonic()
     try:
         image = kernels.resolve(spec)
@@ -209,18 +222,25 @@ def run_kernel(spec: str, options: MatrixOptions, python: str, config: GuestConf
         say(f"{spec}: running on the host kernel {image.release}")
     else:
         version = f" ({image.package_version})" if image.package_version else ""
-        say(f"{spec}: booting {image.release}{version} in qemu, {config.cpus} vCPU, "
-            f"{config.memory_mb} MB")
+        say(
+            f"{spec}: booting {image.release}{version} in qemu, {config.cpus} vCPU, "
+            f"{config.memory_mb} MB"
+        )
     try:
-        outcome = run_in_guest(image, run_argv(options, python), options.guest_timeout,
-                               config=config)
+        outcome = run_in_guest(
+            image, run_argv(options, python), options.guest_timeout, config=config
+        )
     except hosttools.MissingHostTools as exc:
         say(f"{spec}: {exc}")
         return failed_run(spec, "error", str(exc), release=image.release)
     except Exception as exc:  # noqa: BLE001 - one kernel's harness failure must not stop the rest
         say(f"{spec}: the guest could not be run: {type(exc).__name__}: {exc}")
-        return failed_run(spec, "error", f"the guest could not be run: {type(exc).__name__}: "
-                          f"{exc}", release=image.release)
+        return failed_run(
+            spec,
+            "error",
+            f"the guest could not be run: {type(exc).__name__}: {exc}",
+            release=image.release,
+        )
     run = from_guest(spec, image.release, image.package_version, outcome)
     say(f"{spec}: {describe(run, time.monotonic() - started)}")
     return run
@@ -234,15 +254,17 @@ def describe(run: KernelRun, wall_s: float | None = None) -> str:
         parts.append(f"in {wall_s:.1f} s")
     if guest.get("accel") and guest["accel"] != "host":
         boot = guest.get("boot_s")
-        parts.append(f"(boot {boot:.1f} s, {guest['accel']})" if boot is not None
-                     else f"({guest['accel']})")
+        parts.append(
+            f"(boot {boot:.1f} s, {guest['accel']})" if boot is not None else f"({guest['accel']})"
+        )
     counts = reports.counts(run.results)
     tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
     return f"{' '.join(parts)}: {len(run.results)} results ({tally})"
 
 
-def from_guest(spec: str, release: str, package_version: str | None,
-               outcome: GuestResult) -> KernelRun:
+def from_guest(
+    spec: str, release: str, package_version: str | None, outcome: GuestResult
+) -> KernelRun:
     """A KernelRun from what the guest left behind: its report if any, else one bad row."""
     guest = {
         "status": outcome.status,
@@ -274,8 +296,9 @@ def _read_report(outcome: GuestResult) -> tuple[dict[str, Any] | None, str]:
     if data is None:
         last = outcome.stderr.strip().splitlines()[-1:] if outcome.stderr.strip() else []
         said = f": {last[0]}" if last else ""
-        return None, (f"no {REPORT_NAME} from uffdharness run (exit code "
-                      f"{outcome.exit_code}){said}")
+        return None, (
+            f"no {REPORT_NAME} from uffdharness run (exit code {outcome.exit_code}){said}"
+        )
     try:
         report = json.loads(data)
     except ValueError as exc:
@@ -288,20 +311,40 @@ def _read_report(outcome: GuestResult) -> tuple[dict[str, Any] | None, str]:
 def guest_row(verdict: str, reason: str, guest: dict[str, Any]) -> Result:
     facts = {key: guest[key] for key in ("console_tail", "stderr_tail") if guest.get(key)}
     key = "guest hang" if verdict == "hang" else "guest error"
-    return Result(GUEST_ROW_ID, GUEST_ROW_MEMORY, verdict, reason, key, facts,  # type: ignore[arg-type]
-                  guest.get("total_s") or 0.0)
+    return Result(
+        GUEST_ROW_ID,
+        GUEST_ROW_MEMORY,
+        verdict,
+        reason,
+        key,
+        facts,  # type: ignore[arg-type]
+        guest.get("total_s") or 0.0,
+    )
 
 
 def failed_run(spec: str, verdict: str, reason: str, release: str = "") -> KernelRun:
-    guest = {"status": verdict, "exit_code": None, "boot_s": None, "total_s": 0.0,
-             "accel": None, "detail": reason}
+    guest = {
+        "status": verdict,
+        "exit_code": None,
+        "boot_s": None,
+        "total_s": 0.0,
+        "accel": None,
+        "detail": reason,
+    }
     return KernelRun(spec, release, guest=guest, results=[guest_row(verdict, reason, guest)])
 
 
 def result_from_json(item: dict[str, Any]) -> Result:
     """The inverse of runner.Result.to_json."""
-    return Result(item["id"], item["memory"], item["verdict"], item.get("reason", ""),
-                  item.get("key", ""), item.get("facts", {}), item.get("duration_s", 0.0))
+    return Result(
+        item["id"],
+        item["memory"],
+        item["verdict"],
+        item.get("reason", ""),
+        item.get("key", ""),
+        item.get("facts", {}),
+        item.get("duration_s", 0.0),
+    )
 
 
 def _tail(text: str, lines: int = TAIL_LINES) -> str:

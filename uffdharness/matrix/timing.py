@@ -34,13 +34,17 @@ def probe_argv(python: str | None = None) -> list[str]:
     return ["/bin/sh", "-c", f'{release} && {python} -c "$0"', FEATURES_PROGRAM]
 
 
-def time_guests(kernel: KernelImage, runs: int, parallel: int,
-                timeout: float = 300) -> tuple[list[GuestResult], float]:
+def time_guests(
+    kernel: KernelImage, runs: int, parallel: int, timeout: float = 300
+) -> tuple[list[GuestResult], float]:
     config = GuestConfig(cpus=cpus_per_guest(parallel))
     started = time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
-        results = list(pool.map(
-            lambda _: run_in_guest(kernel, probe_argv(), timeout, config=config), range(runs)))
+        results = list(
+            pool.map(
+                lambda _: run_in_guest(kernel, probe_argv(), timeout, config=config), range(runs)
+            )
+        )
     return results, time.monotonic() - started
 
 
@@ -48,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="+")
     parser.add_argument("--parallel", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=0, help="guests per kernel (default: "
-                        "--parallel)")
+    parser.add_argument(
+        "--runs", type=int, default=0, help="guests per kernel (default: --parallel)"
+    )
     args = parser.parse_args(argv)
     failed = False
     for spec in args.specs:
@@ -58,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         for result in results:
             failed |= result.status != "ok" or result.exit_code != 0
             boot = f"{result.boot_s:.1f}" if result.boot_s is not None else "-"
-            print(f"{spec:16} {kernel.release:24} {result.status:5} boot {boot:>5} s  "
-                  f"total {result.total_s:5.1f} s  {result.accel}  "
-                  f"{' | '.join(result.stdout.split(chr(10))).strip(' |')}")
+            print(
+                f"{spec:16} {kernel.release:24} {result.status:5} boot {boot:>5} s  "
+                f"total {result.total_s:5.1f} s  {result.accel}  "
+                f"{' | '.join(result.stdout.split(chr(10))).strip(' |')}"
+            )
             if result.status != "ok":
                 print(result.detail, result.console_tail[-1000:], sep="\n")
         print(f"{spec:16} {len(results)} guest(s), {args.parallel} at a time: wall {wall:.1f} s")
