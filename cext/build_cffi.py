@@ -1,7 +1,9 @@
 """cffi build script (out-of-line API mode): compiles cext/*.c into uffdharness._native.
 
 Declarations the Python side may use live in cext/*.cdef, one file per C unit, so adding a
-C unit means adding a .c, a .h and a .cdef here, never editing this script.
+C unit means adding a .c, a .h and a .cdef here, never editing this script. Headers only
+the C files share live in cext/internal/: the globs below do not descend into it, so they
+never reach the cffi source.
 """
 
 from pathlib import Path

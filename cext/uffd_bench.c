@@ -2,33 +2,15 @@
 #include "uffd_bench.h"
 #include "uffd_abi.h"
 #include "uffd_core.h"
+#include "internal/uh_sched.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static int pin_self(int cpu)
-{
-    if (cpu < 0)
-        return 0;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
 
 struct toucher {
     char *base;

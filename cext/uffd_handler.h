@@ -168,7 +168,6 @@ int uh_core_set_policy(struct uh_core *core, int index, const struct uh_policy *
 int uh_core_add_uffd(struct uh_core *core, int fd, int owned);
 int uh_core_add_range(struct uh_core *core, int uffd, uint64_t start, uint64_t len,
                       uint64_t page_size, uint64_t src_offset, int policy);
-int uh_core_nuffds(struct uh_core *core);
 int uh_core_fd(struct uh_core *core, int uffd);
 int uh_core_nranges(struct uh_core *core, int uffd);
 int uh_core_range(struct uh_core *core, int uffd, int index, uint64_t *start, uint64_t *len,
@@ -197,9 +196,9 @@ int64_t uh_core_resolve(struct uh_core *core, const struct uh_fault_info *fault,
 void uh_core_leave(struct uh_core *core, const struct uh_fault_info *fault);
 /* Bookkeeping for a non-pagefault message; returns the new uffd index for a fork, else 0. */
 int uh_core_event(struct uh_core *core, int uffd, const struct uh_uffd_msg *msg);
-/* Faults read and not resolved, or messages waiting: someone would sleep forever. */
 /* Apply events still set aside (stopping engines call it; release does too). */
 void uh_core_flush_events(struct uh_core *core);
+/* Faults read and not resolved, or messages waiting: someone would sleep forever. */
 int uh_core_left_behind(struct uh_core *core);
 /* Unregister and wake every served range (close adopted uffds); records the reason. */
 int uh_core_release(struct uh_core *core, int reason);

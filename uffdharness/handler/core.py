@@ -88,13 +88,6 @@ class Core:
     def rebind_wake(self, wake_fd: int) -> None:
         lib.uh_core_set_wake_fd(self.ptr, wake_fd)
 
-    def set_stopping(self) -> None:
-        lib.uh_core_set_stopping(self.ptr, 1)
-
-    @property
-    def nuffds(self) -> int:
-        return lib.uh_core_nuffds(self.ptr)
-
     def stats(self) -> HandlerStats:
         return HandlerStats.read(self._final if self._final is not None else self.stats_ptr)
 

@@ -1,0 +1,270 @@
+/* Threads that read uffds without the GIL: the native engine running the whole fault loop,
+ * and the bridge that reads a uffd while this process forks. */
+#define _GNU_SOURCE
+#include "uffd_handler.h"
+#include "internal/handler.h"
+#include "internal/uh_sched.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* ---- the native engine ------------------------------------------------------------- */
+
+struct uh_native {
+    pthread_t thread;
+    struct uh_core *core;
+    int efd;
+    int cpu, busy_poll, batch;
+    int stop;
+    int result;
+    int done;
+    int tid;
+};
+
+/* pin_self for callers outside the C units (it is in handler.cdef). */
+int uh_set_thread_cpu(int cpu)
+{
+    return pin_self(cpu);
+}
+
+/* One batch from uffd ui; caller holds the lock. Returns messages handled or -errno. */
+static long native_batch(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, size_t batch)
+{
+    uint64_t t_read;
+    long n = core_read(c, ui, msgs, batch, &t_read);
+    if (n == -EAGAIN)
+        return 0;
+    if (n < 0) {
+        fail(c, (int)-n, UH_OP_READ, (uint64_t)ui, 0, 0);
+        return n;
+    }
+    for (long i = 0; i < n; i++) {
+        if (msgs[i].event == UH_UFFD_EVENT_PAGEFAULT) {
+            struct uh_fault_info f;
+            if (fault_info(c, ui, &msgs[i], t_read, &f) < 0)
+                continue;
+            int rc = apply(c, &f, f.policy);
+            if (rc < 0) {
+                fail(c, (int)c->last.err, (int)c->last.op, c->last.addr, c->last.len,
+                     c->last.done);
+                return rc;
+            }
+        } else {
+            event(c, ui, &msgs[i]);
+        }
+    }
+    return n;
+}
+
+static void *native_main(void *arg)
+{
+    struct uh_native *nt = arg;
+    struct uh_core *c = nt->core;
+    struct uh_uffd_msg *msgs = calloc((size_t)nt->batch, sizeof(*msgs));
+    struct pollfd pfd[UH_MAX_UFFDS + 1];
+    int rc = msgs ? pin_self(nt->cpu) : -ENOMEM;
+    pthread_setname_np(pthread_self(), "uffd-native");
+    __atomic_store_n(&nt->tid, (int)gettid(), __ATOMIC_RELEASE);
+
+    while (rc == 0 && !__atomic_load_n(&nt->stop, __ATOMIC_ACQUIRE)) {
+        if (nt->busy_poll) {
+            long handled = 0;
+            pthread_mutex_lock(&c->lock);
+            for (int i = 0; i < c->nuffds && rc == 0; i++) {
+                long n = native_batch(c, i, msgs, (size_t)nt->batch);
+                if (n < 0)
+                    rc = (int)n;
+                else
+                    handled += n;
+            }
+            pthread_mutex_unlock(&c->lock);
+            if (!handled) {
+                uint64_t value; /* keep the (non-blocking) eventfd from filling up */
+                (void)!read(nt->efd, &value, sizeof(value));
+                sched_yield();
+            }
+            continue;
+        }
+        pthread_mutex_lock(&c->lock);
+        int n = c->nuffds;
+        pfd[0] = (struct pollfd){.fd = nt->efd, .events = POLLIN};
+        int backlog = 0;
+        for (int i = 0; i < n; i++) {
+            pfd[i + 1] = (struct pollfd){.fd = c->uffds[i]->fd, .events = POLLIN};
+            backlog |= c->uffds[i]->backlog_count != 0;
+        }
+        pthread_mutex_unlock(&c->lock);
+        int ready = poll(pfd, (nfds_t)n + 1, backlog ? 0 : -1);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            fail(c, errno, UH_OP_POLL, 0, 0, 0);
+            break;
+        }
+        if (pfd[0].revents) {
+            uint64_t value;
+            (void)!read(nt->efd, &value, sizeof(value));
+            continue; /* stop, or a range/uffd was added: rebuild the poll set */
+        }
+        pthread_mutex_lock(&c->lock);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (!(pfd[i + 1].revents & (POLLIN | POLLERR | POLLHUP)) &&
+                !c->uffds[i]->backlog_count)
+                continue;
+            long got = native_batch(c, i, msgs, (size_t)nt->batch);
+            if (got < 0)
+                rc = (int)got;
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    if (rc < 0 && rc != -ENOMEM)
+        uh_core_release(c, UH_RELEASE_FAILURE);
+    else
+        uh_core_flush_events(c);
+    free(msgs);
+    nt->result = rc;
+    __atomic_store_n(&nt->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+struct uh_native *uh_native_start(struct uh_core *c, int cpu, int busy_poll, int batch)
+{
+    struct uh_native *nt = calloc(1, sizeof(*nt));
+    if (!nt)
+        return NULL;
+    nt->core = c;
+    nt->cpu = cpu;
+    nt->busy_poll = busy_poll;
+    nt->batch = batch > 0 ? batch : 64;
+    nt->efd = c->wake_fd;
+    int flags = nt->efd >= 0 ? fcntl(nt->efd, F_GETFL) : -1;
+    if (flags >= 0)
+        fcntl(nt->efd, F_SETFL, flags | O_NONBLOCK);
+    if (nt->efd < 0 || pthread_create(&nt->thread, NULL, native_main, nt) != 0) {
+        free(nt);
+        return NULL;
+    }
+    return nt;
+}
+
+int uh_native_stop(struct uh_native *nt)
+{
+    uint64_t one = 1;
+    __atomic_store_n(&nt->stop, 1, __ATOMIC_RELEASE);
+    uh_core_set_stopping(nt->core, 1);
+    (void)!write(nt->efd, &one, sizeof(one));
+    pthread_join(nt->thread, NULL);
+    int rc = nt->result;
+    free(nt);
+    return rc;
+}
+
+int uh_native_tid(struct uh_native *nt)
+{
+    return __atomic_load_n(&nt->tid, __ATOMIC_ACQUIRE);
+}
+
+int uh_native_done(struct uh_native *nt)
+{
+    return __atomic_load_n(&nt->done, __ATOMIC_ACQUIRE);
+}
+
+/* ---- fork bridge ------------------------------------------------------------------- */
+
+/* The forking thread holds glibc's malloc and stdio locks until fork() returns, and fork()
+ * waits for this thread to read the event: so this thread must not allocate. The stash is
+ * allocated up front. */
+#define UH_BRIDGE_STASH 4096
+
+struct uh_bridge {
+    pthread_t thread;
+    int uffd, efd;
+    struct uh_uffd_msg *stash;
+    size_t count, cap, lost;
+    int forks;
+    int close_first_fork;
+};
+
+static void *bridge_main(void *arg)
+{
+    struct uh_bridge *b = arg;
+    struct uh_uffd_msg buf[64];
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = b->efd, .events = POLLIN},
+                                {.fd = b->uffd, .events = POLLIN}};
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pfd[0].revents)
+            break;
+        ssize_t got = read(b->uffd, buf, sizeof(buf));
+        if (got <= 0) {
+            if (got < 0 && errno != EAGAIN)
+                break;
+            continue;
+        }
+        for (size_t i = 0; i < (size_t)got / sizeof(buf[0]); i++) {
+            if (buf[i].event == UH_UFFD_EVENT_FORK && b->close_first_fork && !b->forks) {
+                /* The helper's own copy of the registered ranges: closing the child uffd
+                 * unregisters them in the helper, which never touches them. */
+                close((int)buf[i].arg.fork.ufd);
+                b->forks++;
+                continue;
+            }
+            if (buf[i].event == UH_UFFD_EVENT_FORK)
+                b->forks++;
+            if (b->count == b->cap) {
+                b->lost++;
+                continue;
+            }
+            b->stash[b->count++] = buf[i];
+        }
+    }
+    return NULL;
+}
+
+struct uh_bridge *uh_bridge_start(int uffd, int close_first_fork)
+{
+    struct uh_bridge *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->uffd = uffd;
+    b->close_first_fork = close_first_fork;
+    b->cap = UH_BRIDGE_STASH;
+    b->stash = calloc(b->cap, sizeof(*b->stash));
+    b->efd = eventfd(0, EFD_CLOEXEC);
+    if (!b->stash || b->efd < 0 || pthread_create(&b->thread, NULL, bridge_main, b) != 0) {
+        if (b->efd >= 0)
+            close(b->efd);
+        free(b->stash);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+long uh_bridge_stop(struct uh_bridge *b, struct uh_uffd_msg *out, size_t max, int *forks_seen)
+{
+    uint64_t one = 1;
+    (void)!write(b->efd, &one, sizeof(one));
+    pthread_join(b->thread, NULL);
+    close(b->efd);
+    size_t n = b->count < max ? b->count : max;
+    if (n)
+        memcpy(out, b->stash, n * sizeof(*out));
+    *forks_seen = b->forks;
+    long lost = (long)(b->count - n + b->lost);
+    free(b->stash);
+    free(b);
+    return lost ? -ENOSPC : (long)n;
+}
