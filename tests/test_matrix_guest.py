@@ -48,7 +48,7 @@ def test_guest_environment_makes_home_writable_and_keeps_path(monkeypatch):
 
 
 def test_qemu_argv(tmp_path: Path):
-    argv = guest.qemu_argv(KERNEL, Path("/c/initrd.cpio"), tmp_path, "tcg", guest.GuestConfig())
+    argv = guest.qemu_argv(KERNEL, Path("/c/initrd.cpio"), tmp_path, guest.GuestConfig(accel="tcg"))
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert "-kernel /k/vmlinux" in joined and "-initrd /c/initrd.cpio" in joined
@@ -58,7 +58,10 @@ def test_qemu_argv(tmp_path: Path):
     cmdline = argv[argv.index("-append") + 1].split()
     assert "console=ttyS0" in cmdline and "panic=-1" in cmdline
     bz = guest.qemu_argv(
-        KERNEL, Path("/i"), tmp_path, "kvm", guest.GuestConfig(prefer_vmlinux=False, memory_mb=512)
+        KERNEL,
+        Path("/i"),
+        tmp_path,
+        guest.GuestConfig(accel="kvm", prefer_vmlinux=False, memory_mb=512),
     )
     assert "/k/bzImage" in bz and "kvm" in bz and bz[bz.index("-m") + 1] == "512"
 

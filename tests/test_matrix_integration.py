@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from uffdharness.matrix import guest, hosttools, kernels
+from uffdharness.matrix import guest, hosttools, kernels, kvmprobe
 from uffdharness.matrix.cachedir import cache_root
 
 UFFD_CHECK = r"""
@@ -53,7 +53,8 @@ def test_host_python_runs_userfaultfd_in_guest():
     if python.startswith("/tmp/"):
         pytest.skip(f"{python} lives under /tmp, which the guest replaces with a tmpfs")
     kernel = _kernel()
-    result = guest.run_in_guest(kernel, [python, "-c", UFFD_CHECK], timeout=180)
+    config = guest.GuestConfig(accel=kvmprobe.default_accel(kernel))
+    result = guest.run_in_guest(kernel, [python, "-c", UFFD_CHECK], timeout=180, config=config)
     assert result.status == "ok", f"{result.detail}\n{result.console_tail}"
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == kernel.release

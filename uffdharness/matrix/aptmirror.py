@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 DEFAULT_ARCHIVE = "http://deb.debian.org/debian"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
 
@@ -58,25 +60,17 @@ def parse_one_line(text: str) -> list[SourceEntry]:
 
 
 def parse_deb822(text: str) -> list[SourceEntry]:
+    """The enabled `Types: deb` entries of a .sources file (sources.list(5), DEB822 format)."""
     entries = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = None
-        for line in stanza.splitlines():
-            if line.startswith("#"):
-                continue
-            if line[:1].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
+    # Deb822 looks field names up case-insensitively, as apt does, and drops '#' comment
+    # lines; a value continued over several lines still splits on whitespace.
+    for stanza in Deb822.iter_paragraphs(text, use_apt_pkg=False):
+        if "deb" not in stanza.get("Types", "").split():
             continue
-        if fields.get("enabled", "yes").lower() == "no":
+        if stanza.get("Enabled", "yes").lower() == "no":
             continue
-        for uri in fields.get("uris", "").split():
-            for suite in fields.get("suites", "").split():
+        for uri in stanza.get("URIs", "").split():
+            for suite in stanza.get("Suites", "").split():
                 entries.append(SourceEntry(uri.rstrip("/"), suite))
     return entries
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import debversion
+from debian.deb822 import Packages
+from debian.debian_support import Version
+
 from .kernelspec import KernelSpec, SpecKind
 
 # The generic amd64 flavour only: not cloud-amd64, rt-amd64, -unsigned or -dbg packages.
@@ -47,30 +49,35 @@ class KernelPackages:
 
 
 def parse_records(text: str) -> list[PackageRecord]:
+    """The records of `apt-cache show` output; stanzas without Package or Version are skipped.
+
+    Depends keeps package names only: version constraints and architecture qualifiers are
+    dropped and the alternatives of `a | b` are both listed.
+    """
     records = []
-    for stanza in re.split(r"\n\s*\n", text.strip()):
-        fields: dict[str, str] = {}
-        key = None
-        for line in stanza.splitlines():
-            if line[:1].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        if "Package" not in fields or "Version" not in fields:
+    # python3-apt's TagFile parses only files, and this is apt-cache's stdout; Packages then
+    # splits stanzas as apt does (a whitespace-only line does not end one).
+    for stanza in Packages.iter_paragraphs(text, use_apt_pkg=False):
+        if "Package" not in stanza or "Version" not in stanza:
             continue
         depends = tuple(
-            alternative.split("(")[0].strip()
-            for clause in fields.get("Depends", "").split(",")
-            for alternative in clause.split("|")
-            if alternative.strip()
+            alternative["name"]
+            for clause in stanza.relations["depends"]
+            for alternative in clause
+            if alternative["name"]
         )
         records.append(
             PackageRecord(
-                fields["Package"], fields["Version"], depends, int(fields.get("Size", "0") or 0)
+                stanza["Package"], stanza["Version"], depends, int(stanza.get("Size") or 0)
             )
         )
     return records
+
+
+def upstream_numbers(version: str) -> tuple[int, ...]:
+    """Leading numeric components of the upstream version: '6.12.107-1' -> (6, 12, 107)."""
+    match = re.match(r"\d+(?:\.\d+)*", Version(version).upstream_version)
+    return tuple(int(n) for n in match.group().split(".")) if match else ()
 
 
 def is_generic_image(name: str) -> bool:
@@ -84,7 +91,7 @@ def select(spec: KernelSpec, records: list[PackageRecord]) -> PackageRecord:
     images = [r for r in records if is_generic_image(r.name)]
     if spec.kind is SpecKind.DEBIAN_SERIES:
         n = len(spec.series)
-        matching = [r for r in images if debversion.upstream_numbers(r.version)[:n] == spec.series]
+        matching = [r for r in images if upstream_numbers(r.version)[:n] == spec.series]
     elif spec.kind is SpecKind.DEBIAN_LATEST:
         matching = images
     elif spec.kind is SpecKind.DEBIAN_VERSION:
@@ -95,14 +102,14 @@ def select(spec: KernelSpec, records: list[PackageRecord]) -> PackageRecord:
         raise ValueError(f"{spec.text!r} is not a Debian kernel spec")
     if not matching:
         series = sorted(
-            {".".join(map(str, debversion.upstream_numbers(r.version)[:2])) for r in images},
+            {".".join(map(str, upstream_numbers(r.version)[:2])) for r in images},
             key=lambda s: tuple(map(int, s.split("."))),
         )
         raise LookupError(
             f"no Debian kernel package matches {spec.text!r}; series available: "
             + (", ".join(series) or "none (apt lists empty?)")
         )
-    return max(matching, key=lambda r: debversion.sort_key(r.version))
+    return max(matching, key=lambda r: Version(r.version))
 
 
 def packages_for(image: PackageRecord) -> KernelPackages:

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bzimage, debindex, debversion, hosttools
+from debian.debian_support import Version
+
+from . import bzimage, debindex, hosttools
 from .aptmirror import host_mirror
 from .cachedir import cache_root, locked, write_atomic
 from .kernelspec import KernelSpec, SpecKind, parse
@@ -325,5 +327,5 @@ def _prepare_debian_entry(
 
 def cached_kernels(cache: Path | None = None) -> list[KernelImage]:
     """Every complete Debian kernel in the cache, oldest version first."""
-    metas = sorted(_entries(cache or cache_root()), key=lambda m: debversion.sort_key(m["version"]))
+    metas = sorted(_entries(cache or cache_root()), key=lambda m: Version(m["version"]))
     return [_image_from_meta(parse(f"debian:{m['version']}"), m) for m in metas]

@@ -1,7 +1,8 @@
 """Decide once whether KVM can run ordinary kernels here, and remember the verdict.
 
 /dev/kvm may exist yet be unusable for a full guest (on the development machine it is a
-paravirtual module); only a probe boot that runs a command proves it works.
+paravirtual module); only a probe boot that runs a command proves it works. The matrix
+runner asks default_accel() and hands the answer to guest.run_in_guest in GuestConfig.accel.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from . import hosttools
 from .cachedir import cache_root, locked, write_atomic
+from .guest import GuestConfig, run_in_guest
 from .kernels import KernelImage
 
 PROBE_TIMEOUT_S = 30.0  # a TCG boot takes 3-5 s; a working KVM is faster still
@@ -37,9 +40,12 @@ def cached_verdict() -> dict | None:
 
 
 def probe(kernel: KernelImage) -> dict:
-    """Boot `kernel` under KVM and run /bin/true; the verdict dict is cached on disk."""
-    from .guest import GuestConfig, run_in_guest
+    """Boot `kernel` under KVM and run /bin/true; the verdict dict is cached on disk.
 
+    MissingHostTools when qemu or a static busybox is missing: the verdict is keyed by
+    qemu's version, and the probe is a guest boot.
+    """
+    hosttools.require(hosttools.BOOT_TOOLS)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return {"key": _probe_key(), "works": False, "detail": "/dev/kvm not accessible"}
     with locked(cache_root() / "locks" / "kvm-probe.lock"):

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,13 @@ from .. import reports
 from ..kernelversion import KernelVersion
 from ..runner import DEFAULT_TIMEOUT, Result
 from ..scenarios.model import BAD_VERDICTS
-from . import hosttools, kernels
+from . import hosttools, kernels, kvmprobe
+from .defaults import DEFAULT_GUEST_TIMEOUT
 from .expectations import Violation, check
 from .guest import GuestConfig, GuestResult, cpus_per_guest, run_in_guest
 from .kernelspec import SpecError, SpecKind, parse
 
 REPORT_NAME = "report.json"
-# A full catalogue takes 20-30 s under TCG; a hung scenario costs its own --timeout (the
-# runner kills it), so only a stuck guest kernel or interpreter reaches this.
-DEFAULT_GUEST_TIMEOUT = 900.0
 # Where a kernel's failure to produce a report is recorded: one row in that kernel's column.
 GUEST_ROW_ID = "guest"
 GUEST_ROW_MEMORY = "-"
@@ -227,6 +225,8 @@ def run_kernel(
             f"{config.memory_mb} MB"
         )
     try:
+        if not image.is_host:
+            config = replace(config, accel=kvmprobe.default_accel(image))
         outcome = run_in_guest(
             image, run_argv(options, python), options.guest_timeout, config=config
         )
