@@ -12,40 +12,43 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import uffdharness
 from uffdharness.cli import main
+from uffdharness.isolation import run_in_child
 
 REPO_ROOT = Path(uffdharness.__file__).resolve().parent.parent
 NOBODY = 65534
 
 
+def run_cli(*argv: str, timeout: float = 120, **options: Any) -> subprocess.CompletedProcess:
+    """``python -m uffdharness ARGV`` in a child process (``options`` go to subprocess.run)."""
+    return subprocess.run(
+        [sys.executable, "-m", "uffdharness", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **options,
+    )
+
+
 def run_main_in_child(argv: list[str], prepare: Callable[[], None]) -> tuple[int, str]:
     """Fork, call ``prepare()`` then ``main(argv)`` in the child; (exit code, stdout)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def prepared_main() -> tuple[int, str]:
+        prepare()
         out = io.StringIO()
-        code = 99
-        try:
-            os.close(read_end)
-            prepare()
-            with contextlib.redirect_stdout(out):
-                code = main(argv)
-        except BaseException as error:  # noqa: BLE001 - a crash is what the test looks for
-            out.write(f"\nCRASH {type(error).__name__}: {error}")
-            code = 98
-        os.write(write_end, out.getvalue().encode())
-        os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode()
+        with contextlib.redirect_stdout(out):
+            return main(argv), out.getvalue()
+
+    outcome = run_in_child(prepared_main)
+    if outcome.status != "ok":  # a crash is what the tests look for
+        return 98, f"CRASH {outcome.status}: {outcome.exception}\n{outcome.traceback}"
+    return outcome.value
 
 
 def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,26 +82,35 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "info" in capsys.readouterr().out
 
 
+def modules_after_building_the_parser() -> set[str]:
+    """What a fresh interpreter has imported once ``build_parser()`` returns."""
+    code = "import sys; from uffdharness import cli; cli.build_parser(); print(*sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return set(done.stdout.split())
+
+
+def test_building_the_parser_imports_no_command_code() -> None:
+    # every start builds every parser, each guest's included: handlers import the rest
+    heavy = {"uffdharness.benchmark", "uffdharness.runner", "uffdharness.scenarios"}
+    heavy |= {"uffdharness.system", "uffdharness.reports", "uffdharness.handler"}
+    assert heavy & modules_after_building_the_parser() == set()
+
+
+def test_cli_default_timeout_is_the_runners() -> None:
+    from uffdharness import runner
+    from uffdharness.cli import run
+
+    assert run.DEFAULT_TIMEOUT == runner.DEFAULT_TIMEOUT
+
+
 def test_python_dash_m() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *sys.path]))
-    completed = subprocess.run(
-        [sys.executable, "-m", "uffdharness", "info", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=30,
-    )
+    completed = run_cli("info", "--json", timeout=30, env=env, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["kernel"]["release"] == platform.release()
-    completed = subprocess.run(
-        [sys.executable, "-m", "uffdharness", "info"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=30,
-    )
+    completed = run_cli("info", timeout=30, env=env, cwd=REPO_ROOT)
     assert completed.returncode == 0, completed.stderr
     assert platform.release() in completed.stdout
 

@@ -10,42 +10,28 @@ import sys
 
 import junitparser
 import pytest
+from test_cli_info import modules_after_building_the_parser, run_cli
 
 from uffdharness import cli
-from uffdharness.matrix import hosttools, kernels
+from uffdharness.matrix import hosttools, kernels, merge, report
 from uffdharness.matrix import runner as matrix_runner
 from uffdharness.matrix.cachedir import cache_root
-
-
-def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "uffdharness", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
 
 # --- arguments and host tools ------------------------------------------------------------
 
 
 def test_cli_default_guest_timeout_is_the_runners():
-    from uffdharness import matrix_command
+    from uffdharness.cli import matrix as matrix_command
 
     assert matrix_command.DEFAULT_GUEST_TIMEOUT == matrix_runner.DEFAULT_GUEST_TIMEOUT
 
 
 def test_building_the_cli_does_not_import_the_matrix_package():
-    # every guest builds the parser; the matrix package (qemu, apt, cpio) is dead weight there
-    code = (
-        "import sys; from uffdharness import cli; cli.build_parser(); "
-        "print('uffdharness.matrix' in sys.modules)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.strip() == "False"
+    # every guest builds the parser; the matrix package (qemu, apt, cpio) is dead weight
+    # there: only its import-free defaults (DEFAULT_GUEST_TIMEOUT) may come along
+    loaded = modules_after_building_the_parser()
+    matrix_modules = sorted(name for name in loaded if name.startswith("uffdharness.matrix"))
+    assert matrix_modules == ["uffdharness.matrix", "uffdharness.matrix.defaults"]
 
 
 def test_kernel_is_required(capsys):
@@ -63,6 +49,31 @@ def test_bad_spec_is_named_before_anything_runs(capsys):
 def test_jobs_must_be_positive(capsys):
     assert cli.main(["matrix", "--kernel", "host", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+def test_matrix_merge_is_the_merge_module(tmp_path, capsys):
+    one_kernel = tmp_path / "debian_6.1.json"
+    report.write_json(str(one_kernel), [matrix_runner.failed_run("debian:6.1", "hang", "slow")])
+    by_command, by_module = tmp_path / "command.json", tmp_path / "module.json"
+    rc = cli.main(["matrix", "merge", str(one_kernel), "--json", str(by_command)])
+    table = capsys.readouterr().out
+    assert rc == merge.main([str(one_kernel), "--json", str(by_module)]) == 1  # a hang row
+    assert capsys.readouterr().out == table
+    assert "(guest run)" in table
+    assert json.loads(by_command.read_text()) == json.loads(by_module.read_text())
+
+
+def test_matrix_merge_refuses_the_options_of_a_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["matrix", "--kernel", "host", "--jobs", "2", "merge", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert (
+        "not an option of merge, but of a matrix run: --kernel, --jobs" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["matrix", "merge"])
+    assert exit_info.value.code == 2
+    assert "FILE" in capsys.readouterr().err
 
 
 def test_missing_host_tools_give_the_install_command(monkeypatch, tmp_path, capsys):

@@ -3,7 +3,8 @@ CPU placement (``uffdharness bench``; ``bench/bench_faults.py`` runs the same).
 
 Every figure is one toucher pthread (cext/uffd_bench.c) touching pages one by one while
 one handler serves them: the C reference loop, or a FaultHandler engine. Placement
-dominates on small VMs (DESIGN.md 7), so each figure is taken twice: toucher and handler
+dominates on small VMs (waking a halted vCPU costs ~60 us), so each figure is taken
+twice: toucher and handler
 pinned to one CPU (``same-cpu``) and to two (``cross-cpu``); ratios only ever compare
 figures of one placement, taken in the same run, interleaved repetition by repetition so
 drift hits them alike.
@@ -11,16 +12,13 @@ drift hits them alike.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from . import syscalls as sc
 from ._native import ffi, lib
@@ -494,59 +492,3 @@ def _why(report: BenchReport, figure: Figure) -> str:
             "halt, which no handler code can shorten (busy-poll avoids it)"
         )
     return text
-
-
-# ---- command line ------------------------------------------------------------------------
-
-
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure fault-handling throughput of every engine against a plain C loop",
-        description=(
-            "Faults per second for anon-4K, shmem-4K and hugetlb-2M COPY and a write-protect "
-            "round trip, for the native, thread and process engines beside a plain C loop, "
-            "with both threads pinned to one CPU and to two; readahead pages/s; ratios and "
-            "targets. Needs root for hugetlb (skipped with the reason otherwise)."
-        ),
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--quick", action="store_true", help="fewer pages and repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions (default 7, quick 3)")
-    parser.add_argument("--pages", type=int, help="4K pages per figure (default 4096)")
-    parser.add_argument("--huge-pages", type=int, help="2M pages per figure (default 64)")
-    parser.add_argument(
-        "--workloads",
-        default="anon,shmem,hugetlb,wp",
-        help="comma-separated subset of anon,shmem,hugetlb,wp",
-    )
-    parser.set_defaults(handler=run_bench)
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    config = BenchConfig(pages_4k=1024, pages_2m=16, reps=3) if args.quick else BenchConfig()
-    if args.reps:
-        config.reps = args.reps
-    if args.pages:
-        config.pages_4k = args.pages
-    if args.huge_pages:
-        config.pages_2m = args.huge_pages
-    config.workloads = tuple(name for name in args.workloads.split(",") if name)
-    return config
-
-
-def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out if out is not None else sys.stdout
-    config = config_from_args(args)
-
-    def progress(text: str) -> None:
-        if not args.json:
-            print(text, file=sys.stderr, flush=True)
-
-    report = run(config, progress)
-    if args.json:
-        json.dump(report.to_json(), out, indent=2)
-        out.write("\n")
-    else:
-        out.write(render(report))
-    return 1 if report.missed else 0

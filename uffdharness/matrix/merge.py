@@ -1,10 +1,13 @@
 """Merge the JSON of several matrix runs (one CI job per kernel) into one report.
 
+    uffdharness matrix merge out/*.json [--json merged.json] [--junit merged.xml]
     python -m uffdharness.matrix.merge out/*.json [--json merged.json] [--junit merged.xml]
 
-Prints the combined kernel x scenario table. Expectations are checked again with this
-installation's data, so every kernel is judged by the same rules. Exits 1 on any fail,
-error, hang, expectation violation or guest failure, and 2 when no input is usable.
+Both are one command (uffdharness.cli.matrix holds its arguments and output; this module
+keeps ``python -m`` working for CI). Prints the combined kernel x scenario table.
+Expectations are checked again with this installation's data, so every kernel is judged by
+the same rules. Exits 1 on any fail, error, hang, expectation violation or guest failure,
+and 2 when no input is usable.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from ..cli import matrix as command
 from . import report
-from .runner import KernelRun, exit_status
+from .runner import KernelRun
 
 
 def merge(paths: Sequence[str]) -> list[KernelRun]:
@@ -32,31 +36,12 @@ def merge(paths: Sequence[str]) -> list[KernelRun]:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """``python -m uffdharness.matrix.merge``: ``uffdharness matrix merge`` by another name."""
     parser = argparse.ArgumentParser(
-        prog="python -m uffdharness.matrix.merge",
-        description="Merge `uffdharness matrix --json` files into one kernel x scenario "
-        "table, JSON and JUnit report.",
+        prog="python -m uffdharness.matrix.merge", description=command.MERGE_DESCRIPTION
     )
-    parser.add_argument("inputs", nargs="+", metavar="FILE", help="matrix JSON files")
-    parser.add_argument("--json", metavar="FILE", help="write the merged JSON to FILE")
-    parser.add_argument("--junit", metavar="FILE", help="write JUnit XML, one suite per kernel")
-    args = parser.parse_args(argv)
-    try:
-        runs = merge(args.inputs)
-    except (OSError, ValueError, KeyError) as exc:
-        sys.stderr.write(f"merge: {exc}\n")
-        return 2
-    if not runs:
-        sys.stderr.write("merge: the inputs hold no kernels\n")
-        return 2
-    report.print_table(runs, out)
-    options = {"merged_from": list(args.inputs)}
-    if args.json:
-        report.write_json(args.json, runs, None, options)
-    if args.junit:
-        report.write_junit(args.junit, runs)
-    return exit_status(runs)
+    command.add_merge_arguments(parser)
+    return command.run_merge(parser.parse_args(argv), out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,4 @@
-"""Command line entry point: ``uffdharness <command> ...``.
-
-Each command is one ``add_<name>_parser(subparsers)`` function that builds its parser and
-sets ``handler`` to a function ``(args) -> int``; list it in ``COMMANDS``.
-"""
+"""``uffdharness info``: the facts about this system that decide which checks can run."""
 
 from __future__ import annotations
 
@@ -10,32 +6,30 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from uffdharness import __version__
-from uffdharness.system import SystemFacts, collect
+if TYPE_CHECKING:
+    from uffdharness.system import SystemFacts
 
-__all__ = ["COMMANDS", "add_info_parser", "build_parser", "main", "render_info"]
+__all__ = ["add_parser", "render_info", "run"]
 
 _LABEL_WIDTH = 26
 _LINE_WIDTH = 100
 
 
-# ---- info ------------------------------------------------------------------------------
-
-
-def add_info_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "info",
         help="show kernel, privileges, hugepages and userfaultfd support",
         description="Show the facts about this system that decide which checks can run.",
     )
     parser.add_argument("--json", action="store_true", help="print the facts as JSON")
-    parser.set_defaults(handler=run_info)
+    parser.set_defaults(handler=run)
 
 
-def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from uffdharness.system import collect
+
     out = out if out is not None else sys.stdout
     facts = collect()
     if args.json:
@@ -105,54 +99,3 @@ def render_info(facts: SystemFacts) -> str:
         )
         lines.extend(wrapped or [label])
     return "\n".join(lines) + "\n"
-
-
-# ---- wiring ----------------------------------------------------------------------------
-
-
-def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
-    from uffdharness.run_command import add_run_parser as add
-
-    add(subparsers)
-
-
-def add_matrix_parser(subparsers: argparse._SubParsersAction) -> None:
-    from uffdharness.matrix_command import add_matrix_parser as add
-
-    add(subparsers)
-
-
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    from uffdharness.benchmark import add_bench_parser as add
-
-    add(subparsers)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_info_parser,
-    add_run_parser,
-    add_matrix_parser,
-    add_bench_parser,
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="uffdharness",
-        description="Drive the real Linux userfaultfd(2) machinery and check what the kernel does.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
-    for add_parser in COMMANDS:
-        add_parser(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    return int(handler(args))

@@ -5,15 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from . import reports
-from .runner import DEFAULT_TIMEOUT, Result, exit_status, kernel_info, run, select
-from .scenarios import CATALOGUE
-from .scenarios.model import ALL_KINDS
+from uffdharness.defaults import DEFAULT_TIMEOUT
+from uffdharness.memory import CATALOGUE_KINDS
+
+if TYPE_CHECKING:
+    from uffdharness.runner import Result
+
+__all__ = ["add_parser", "add_selection_arguments", "run"]
 
 
-def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_selection_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action, ...]:
+    """``-k`` and ``--memory``: which scenario x memory pairs to run (run and matrix)."""
+    return (
+        parser.add_argument(
+            "-k", dest="pattern", help="only scenario ids matching (glob/substring)"
+        ),
+        parser.add_argument(
+            "--memory",
+            action="append",
+            choices=CATALOGUE_KINDS,
+            help="only this memory kind (repeatable)",
+        ),
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
         help="run the scenario catalogue on the running kernel",
@@ -21,11 +39,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         "process under a timeout, and print one verdict per pair. Exits 1 on any fail, "
         "error or hang.",
     )
-    parser.add_argument("-k", dest="pattern", help="only scenario ids matching (glob/substring)")
+    add_selection_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    parser.add_argument(
-        "--memory", action="append", choices=ALL_KINDS, help="only this memory kind (repeatable)"
-    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -36,10 +51,12 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE")
     parser.add_argument("--ktap", action="store_true", help="print KTAP instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.set_defaults(handler=run_catalogue)
+    parser.set_defaults(handler=run)
 
 
 def _list(out: TextIO) -> int:
+    from uffdharness.scenarios import CATALOGUE
+
     for item in CATALOGUE.values():
         bug = f" [known bug, fixed in {item.known_bug.fixed_in}]" if item.known_bug else ""
         out.write(f"{item.id:<24} {','.join(item.memory)}{bug}\n    {item.checks}\n")
@@ -65,26 +82,29 @@ def _progress_printer(stream: TextIO):
     return show
 
 
-def run_catalogue(args: argparse.Namespace, out: TextIO | None = None) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from uffdharness import reports, runner, system
+    from uffdharness.scenarios import CATALOGUE
+
     out = out or sys.stdout
     if args.list:
         return _list(out)
-    pairs = select(CATALOGUE.values(), args.pattern, args.memory)
+    pairs = runner.select(CATALOGUE.values(), args.pattern, args.memory)
     if not pairs:
         sys.stderr.write("no scenario matches\n")
         return 2
-    info = kernel_info()
+    info = system.facts()
     progress = None if args.quiet else _progress_printer(sys.stderr)
     started = time.monotonic()
-    results = run(pairs, timeout=args.timeout, info=info, progress=progress)
+    results = runner.run(pairs, timeout=args.timeout, info=info, progress=progress)
     wall = time.monotonic() - started
     if args.ktap:
         out.write(reports.ktap(results))
     else:
-        out.write(f"kernel {info.version} ({len(pairs)} scenario x memory pairs)\n")
+        out.write(f"kernel {info.kernel} ({len(pairs)} scenario x memory pairs)\n")
         reports.print_table(results, out, wall)
     if args.json:
         reports.write_json(args.json, info, results, wall)
     if args.junit:
-        reports.write_junit(args.junit, [(f"kernel-{info.version}", results)])
-    return exit_status(results)
+        reports.write_junit(args.junit, [(f"kernel-{info.kernel}", results)])
+    return runner.exit_status(results)

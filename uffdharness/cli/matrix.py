@@ -1,0 +1,237 @@
+"""``uffdharness matrix``: the catalogue under several kernels, as a kernel x scenario table;
+``uffdharness matrix merge``: the tables of several such runs as one.
+
+Two operations, one command:
+
+    uffdharness matrix --kernel SPEC [--kernel SPEC ...] [options]    run kernels
+    uffdharness matrix merge FILE... [--json FILE] [--junit FILE]     merge their --json
+
+``merge`` is an optional sub-command of ``matrix``; without it, ``matrix`` runs kernels as it
+always has. argparse cannot require ``--kernel`` only when no sub-command follows, so
+``run`` requires it itself, with argparse's own message and exit status 2; and ``merge``
+refuses the options of a run given before it, which would otherwise be dropped silently.
+``python -m uffdharness.matrix.merge`` is the same merge (its ``main`` calls ``run_merge``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+from uffdharness.defaults import DEFAULT_TIMEOUT
+from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
+
+from .run import add_selection_arguments
+
+__all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run_merge"]
+
+SPEC_HELP = (
+    "host (the running kernel, no qemu), debian:5.10 | debian:6.1 | debian:6.12 | "
+    "debian:X.Y (newest Debian package of that series), debian:latest, debian:<package "
+    "version> (e.g. debian:6.1.192-2), or /path/to/bzImage[,modules=DIR] (vmlinux works too)"
+)
+USAGE = (
+    "%(prog)s --kernel SPEC [--kernel SPEC ...] [options]\n"
+    "       %(prog)s merge FILE... [--json FILE] [--junit FILE]"
+)
+MERGE_DESCRIPTION = (
+    "Merge `uffdharness matrix --json` files (one CI job per kernel) into one kernel x "
+    "scenario table, JSON and JUnit report. Expectations are checked again with this "
+    "installation's data, so every kernel is judged by the same rules; a kernel in several "
+    "files keeps its last section. Exits 1 on any fail, error, hang, expectation violation "
+    "or guest failure, and 2 when no input is usable."
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "matrix",
+        usage=USAGE,
+        help="run the catalogue under other kernels booted in qemu; merge such runs",
+        description="Boot each kernel in qemu (the host's root file system, read-only), run "
+        "`uffdharness run` there once, and print a kernel x scenario table. Each kernel's "
+        "results are checked against what that kernel version is expected to show. Exits 1 "
+        "on any fail, error or hang, expectation violation or guest failure.",
+        epilog=f"SPEC: {SPEC_HELP}. Debian kernels are downloaded once into "
+        "~/.cache/uffdharness/kernels.",
+    )
+    run_options = _add_run_arguments(parser)
+    operations = parser.add_subparsers(
+        dest="operation", title="operations", metavar="<operation>", prog=parser.prog
+    )
+    merge = operations.add_parser(
+        "merge",
+        help="merge the --json of several matrix runs into one table and report",
+        description=MERGE_DESCRIPTION,
+    )
+    add_merge_arguments(merge)
+    # what the handlers' own usage checks need (see the module docstring)
+    parser.set_defaults(handler=run, usage_error=parser.error, run_options=run_options)
+    merge.set_defaults(handler=_merge_after_matrix)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action, ...]:
+    """The options of a matrix run; what they are added as, for ``merge`` to refuse."""
+    kernels = parser.add_argument(
+        "--kernel",
+        dest="kernels",
+        action="append",
+        metavar="SPEC",
+        help="a kernel to run under (repeatable; required to run)",
+    )
+    return (
+        kernels,
+        *add_selection_arguments(parser),
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=1,
+            metavar="N",
+            help="guests to run at once (default 1); vCPUs per guest are chosen "
+            "so they do not oversubscribe the host",
+        ),
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT,
+            metavar="S",
+            help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
+        ),
+        parser.add_argument(
+            "--guest-timeout",
+            type=float,
+            default=DEFAULT_GUEST_TIMEOUT,
+            metavar="S",
+            help=f"seconds a guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
+        ),
+        parser.add_argument(
+            "--guest-memory",
+            type=int,
+            default=None,
+            metavar="MB",
+            help="guest RAM in MiB (default: the guest runner's)",
+        ),
+        parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE"),
+        parser.add_argument(
+            "--junit", metavar="FILE", help="write JUnit XML to FILE, one testsuite per kernel"
+        ),
+        parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr"),
+    )
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a merge, for ``matrix merge`` and ``python -m uffdharness.matrix.merge``.
+
+    Their dests are not the run's (``json``, ``junit``): a run's ``--json`` given before
+    ``merge`` must stay visible for ``merge`` to refuse it, not be overwritten.
+    """
+    parser.add_argument("inputs", nargs="+", metavar="FILE", help="matrix JSON files")
+    parser.add_argument(
+        "--json", dest="merged_json", metavar="FILE", help="write the merged JSON to FILE"
+    )
+    parser.add_argument(
+        "--junit",
+        dest="merged_junit",
+        metavar="FILE",
+        help="write JUnit XML to FILE, one testsuite per kernel",
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """``uffdharness matrix --kernel SPEC ...``: boot, run, table, reports."""
+    if not args.kernels:
+        args.usage_error("the following arguments are required: --kernel")
+
+    from uffdharness.matrix import hosttools, report
+    from uffdharness.matrix.kernelspec import SpecError
+    from uffdharness.matrix.runner import (
+        MatrixError,
+        MatrixOptions,
+        check_specs,
+        exit_status,
+        require_tools,
+        run_matrix,
+    )
+
+    out = out or sys.stdout
+    err = sys.stderr
+    if args.jobs < 1:
+        err.write("uffdharness matrix: --jobs must be at least 1\n")
+        return 2
+    try:
+        specs = check_specs(args.kernels)
+        require_tools(specs)
+    except SpecError as exc:
+        err.write(f"uffdharness matrix: {exc}\n")
+        return 2
+    except hosttools.MissingHostTools as exc:
+        err.write(f"{exc}\n")
+        return 2
+    options = MatrixOptions(
+        pattern=args.pattern,
+        memory=tuple(args.memory or ()),
+        timeout=args.timeout,
+        guest_timeout=args.guest_timeout,
+        jobs=args.jobs,
+        **({"memory_mb": args.guest_memory} if args.guest_memory else {}),
+    )
+    progress = None if args.quiet else (lambda line: err.write(f"matrix: {line}\n") or err.flush())
+    started = time.monotonic()
+    try:
+        runs = run_matrix(specs, options, progress)
+    except MatrixError as exc:
+        err.write(f"uffdharness matrix: {exc}\n")
+        return 2
+    wall = time.monotonic() - started
+    report.print_table(runs, out, wall)
+    settings = {
+        "specs": specs,
+        "pattern": args.pattern,
+        "memory": list(options.memory),
+        "jobs": args.jobs,
+        "timeout": args.timeout,
+        "guest_timeout": args.guest_timeout,
+    }
+    if args.json:
+        report.write_json(args.json, runs, wall, settings)
+    if args.junit:
+        report.write_junit(args.junit, runs)
+    return exit_status(runs)
+
+
+def _merge_after_matrix(args: argparse.Namespace) -> int:
+    """``uffdharness matrix merge``: refuse run options written before ``merge``."""
+    given = [
+        option.option_strings[-1]
+        for option in args.run_options
+        if getattr(args, option.dest) != option.default
+    ]
+    if given:
+        args.usage_error(f"not an option of merge, but of a matrix run: {', '.join(given)}")
+    return run_merge(args)
+
+
+def run_merge(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Merge ``args.inputs``; print the table, write ``--json``/``--junit`` if asked."""
+    from uffdharness.matrix import report
+    from uffdharness.matrix.merge import merge
+    from uffdharness.matrix.runner import exit_status
+
+    out = out or sys.stdout
+    try:
+        runs = merge(args.inputs)
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"merge: {exc}\n")
+        return 2
+    if not runs:
+        sys.stderr.write("merge: the inputs hold no kernels\n")
+        return 2
+    report.print_table(runs, out)
+    settings = {"merged_from": list(args.inputs)}
+    if args.merged_json:
+        report.write_json(args.merged_json, runs, None, settings)
+    if args.merged_junit:
+        report.write_junit(args.merged_junit, runs)
+    return exit_status(runs)
