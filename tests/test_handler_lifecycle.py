@@ -377,7 +377,7 @@ def _gil_child(engine: str) -> int:
 @pytest.mark.parametrize("engine,served", [("native", True), ("process", True), ("thread", False)])
 def test_gil_case(engine, served):
     """The faulting thread holds the GIL. native and process serve it; the thread engine
-    cannot run and deadlocks (DESIGN.md 3), which this asserts as a hang, in a child
+    cannot run and deadlocks (the GIL trap), which this asserts as a hang, in a child
     process killed on timeout so no mistake can hang the suite."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 import psutil
 import pytest
 
+from uffdharness import abi
 from uffdharness.abi import Feature
 from uffdharness.memory import MemoryKind, Region
 from uffdharness.uffd import probe_api
@@ -79,7 +80,7 @@ def _target(fd: str) -> str:
 
 
 def need(features: Feature) -> Feature:
-    missing = Feature(int(features) & ~int(probe_api().features))
+    missing = abi.missing_features(features, probe_api().features)
     if missing:
         pytest.skip(f"kernel lacks {missing!r}")
     return features

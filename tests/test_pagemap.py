@@ -11,8 +11,10 @@ from conftest import open_fds
 from uffdharness import pagemap
 from uffdharness.abi import Feature, PageCategory, RegisterMode, ScanFlag, WriteProtectMode
 from uffdharness.errors import UffdError
-from uffdharness.memory import HUGE_PAGE_SIZE, PAGE_SIZE
+from uffdharness.memory import PAGE_SIZE, hugetlb_page_size
 from uffdharness.pagemap import Pagemap, PagemapEntry, PagemapFlag
+
+HUGE_PAGE_SIZE = hugetlb_page_size()
 
 WP_FEATURES = Feature.PAGEFAULT_FLAG_WP | Feature.WP_HUGETLBFS_SHMEM
 

@@ -3,6 +3,7 @@ exceptions, skips, and verdicts keyed to the kernel version."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,22 +12,25 @@ import time
 import junitparser
 import pytest
 
-from uffdharness import reports
+from uffdharness import reports, system
 from uffdharness.abi import Feature
 from uffdharness.hugepages import counts
 from uffdharness.kernelversion import parse
 from uffdharness.memory import MemoryKind
-from uffdharness.runner import KernelInfo, exit_status, judge, run, run_pair, select
+from uffdharness.runner import exit_status, judge, run, run_pair, select
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.model import KnownBug, Observation, Scenario, Skip
 from uffdharness.uffd import Userfaultfd, probe_api
 
-BUG = KnownBug(fixed_in="6.4", fix="the fix", signature="3 VMAs", backports=("6.1.90",))
+BUG = KnownBug(
+    fixed_in="6.4", fix="the fix", signature="3 VMAs", backports=("6.1.90",), shows=({"vmas": 3},)
+)
 
 
-def info_for(release: str, features: Feature | None = None) -> KernelInfo:
+def info_for(release: str, features: Feature | None = None) -> system.SystemFacts:
     offered = probe_api().features if features is None else features
-    return KernelInfo(parse(release), offered, os.geteuid() == 0)
+    uffd = dataclasses.replace(system.facts().uffd, features_mask=int(offered))
+    return dataclasses.replace(system.facts(), kernel=parse(release), uffd=uffd)
 
 
 def make(run_fn, **declared) -> Scenario:
@@ -41,7 +45,7 @@ def ok(ctx) -> Observation:
 
 
 def buggy(ctx) -> Observation:
-    return Observation({"vmas": 3}, False, "vmas=3", "3 VMAs", buggy=True)
+    return Observation({"vmas": 3}, False, "vmas=3", "3 VMAs")
 
 
 def hangs_in_fault(ctx) -> Observation:
@@ -136,7 +140,7 @@ def test_known_bug_verdict_keyed_to_kernel(release, verdict):
 
 
 def test_unexpected_behaviour_without_bug_signature_is_fail():
-    observation = Observation({}, False, "odd", "something else", buggy=False)
+    observation = Observation({}, False, "odd", "something else")
     assert judge(make(ok, known_bug=BUG), parse("5.10.0"), observation) == (
         "fail",
         "something else",

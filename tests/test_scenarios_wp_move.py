@@ -12,12 +12,8 @@ from uffdharness.kernelversion import parse
 from uffdharness.runner import judge, run, select
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.model import Observation
-from uffdharness.scenarios.wp import (
-    HUGETLB_FORK_FIX,
-    WP_CLOSE_FIX,
-    WP_FORK_FIX,
-    WP_MREMAP_FIX,
-)
+from uffdharness.scenarios.wp_cleared import WP_CLOSE_FIX, WP_MREMAP_FIX
+from uffdharness.scenarios.wp_fork import HUGETLB_FORK_FIX, WP_FORK_FIX
 
 SCENARIOS = (
     "wp-basic",
@@ -197,13 +193,89 @@ def test_known_bug_versions(bug, fixed, buggy):
     assert not any(bug.fixed_on(parse(v)) for v in buggy)
 
 
+# What each known bug leaves in its scenario's facts (KnownBug.showing), and a failure of
+# the same scenario that is not that bug.
+CHILD_OK = {"child": "ok", "child_write_finished": True, "child_data_intact": True}
+BUGGY_FACTS = {
+    "wp-cleared-on-close": {"wp_pages_after_close": [0, 1]},
+    "wp-cleared-on-mremap": {"wp_pages_after_move": [0, 1]},
+    "wp-fork": {"without_event_fork": {**CHILD_OK, "child_wp_pages": [0, 2]}},
+    "wp-fork-hugetlb-private": {
+        "without_event_fork": {**CHILD_OK, "child_wp_pages": [], "child_write_finished": False}
+    },
+}
+
+
 @pytest.mark.parametrize(
     "scenario",
     ["wp-cleared-on-close", "wp-cleared-on-mremap", "wp-fork", "wp-fork-hugetlb-private"],
 )
 def test_buggy_observation_is_a_known_bug_only_on_old_kernels(scenario):
     item = CATALOGUE[scenario]
-    seen = Observation({"wp_pages_after": [0, 1]}, ok=False, key="wp=[0, 1]", buggy=True)
+    seen = Observation(BUGGY_FACTS[scenario], ok=False, key="wp=[0, 1]", reason="wp: [0, 1]")
     assert judge(item, parse("6.0.1"), seen)[0] == "known-bug"
     verdict, reason = judge(item, parse("6.18.44"), seen)
     assert verdict == "fail" and item.known_bug.fix in reason
+
+
+WITHOUT_FORK_CLEAN = {**CHILD_OK, "child_wp_pages": [], "child_vm_flags": []}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "memory", "buggy", "other_failure"),
+    [
+        (
+            "wp-cleared-on-close",
+            "anon",
+            {"wp_pages_after_close": [0, 1], "uffd_vm_flags_after_close": []},
+            {"wp_pages_after_close": [], "uffd_vm_flags_after_close": ["uw"]},
+        ),
+        (
+            "wp-cleared-on-mremap",
+            "shmem",
+            {"wp_pages_after_move": [0], "events": 0},
+            {"wp_pages_after_move": [], "events": 1},
+        ),
+        (
+            "wp-fork",
+            "anon",
+            {"without_event_fork": {**CHILD_OK, "child_wp_pages": [0, 2, 3]}},
+            {
+                "without_event_fork": WITHOUT_FORK_CLEAN,
+                "with_event_fork": {**CHILD_OK, "fork_events": 0},
+            },
+        ),
+        (
+            "wp-fork",
+            "memfd",
+            {
+                "without_event_fork": WITHOUT_FORK_CLEAN,
+                "private_alias_without_event_fork": {**CHILD_OK, "child_wp_pages": [0, 2]},
+            },
+            {
+                "without_event_fork": {**WITHOUT_FORK_CLEAN, "child_vm_flags": ["uw"]},
+                "private_alias_without_event_fork": WITHOUT_FORK_CLEAN,
+            },
+        ),
+        (
+            "wp-fork-hugetlb-private",
+            "hugetlb-private",
+            {
+                "without_event_fork": {
+                    **WITHOUT_FORK_CLEAN,
+                    "child_write_finished": False,
+                    "child_data_intact": False,
+                }
+            },
+            {"without_event_fork": {"child": "timeout"}},
+        ),
+    ],
+)
+def test_known_bug_is_judged_by_its_signature(scenario, memory, buggy, other_failure):
+    item = CATALOGUE[scenario]
+    kernel = parse("6.1.0")  # before every one of these fixes and their backports
+    assert not item.known_bug.fixed_on(kernel)
+    showing = Observation(buggy, ok=False, key="k", reason="as the bug shows")
+    assert judge(item, kernel, showing, memory)[0] == "known-bug"
+    verdict, reason = judge(item, kernel, Observation(other_failure, False, "k", "other"), memory)
+    assert (verdict, reason) == ("fail", "other")

@@ -36,7 +36,7 @@ class Feature(IntFlag):
     MOVE = lib.UH_UFFD_FEATURE_MOVE
 
 
-# Mainline release that added each feature (DESIGN.md section 4); used in skip reasons.
+# Mainline release that added each feature; used in skip reasons and matrix expectations.
 FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
     Feature.PAGEFAULT_FLAG_WP: (5, 10),
     Feature.EVENT_FORK: (4, 11),
@@ -57,6 +57,22 @@ FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
     Feature.MOVE: (6, 8),
 }
 
+
+def missing_features(wanted: Feature, offered: Feature) -> Feature:
+    """The bits of ``wanted`` that ``offered`` lacks (IntFlag's ~ only inverts known bits)."""
+    return Feature(int(wanted) & ~int(offered))
+
+
+def missing_features_reason(missing: Feature) -> str:
+    """ "kernel lacks UFFD_FEATURE_X (added in A.B), ..." for a skip."""
+    parts = []
+    for name in flag_names(missing):
+        since = FEATURE_SINCE.get(Feature[name]) if name in Feature.__members__ else None
+        added = f" (added in {since[0]}.{since[1]})" if since else ""
+        parts.append(f"UFFD_FEATURE_{name}{added}")
+    return "kernel lacks " + ", ".join(parts)
+
+
 ALL_FEATURES = Feature(0)
 for _feature in Feature:
     ALL_FEATURES |= _feature
@@ -75,21 +91,6 @@ PASSIVE_FEATURES = (
     | Feature.POISON
     | Feature.MOVE
 )
-
-
-class IoctlNr(IntEnum):
-    """_UFFDIO_* ioctl numbers; bit N of an ioctls mask means ioctl N is allowed."""
-
-    REGISTER = lib.UH__UFFDIO_REGISTER
-    UNREGISTER = lib.UH__UFFDIO_UNREGISTER
-    WAKE = lib.UH__UFFDIO_WAKE
-    COPY = lib.UH__UFFDIO_COPY
-    ZEROPAGE = lib.UH__UFFDIO_ZEROPAGE
-    MOVE = lib.UH__UFFDIO_MOVE
-    WRITEPROTECT = lib.UH__UFFDIO_WRITEPROTECT
-    CONTINUE = lib.UH__UFFDIO_CONTINUE
-    POISON = lib.UH__UFFDIO_POISON
-    API = lib.UH__UFFDIO_API
 
 
 class Ioctl(IntFlag):

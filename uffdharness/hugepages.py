@@ -268,7 +268,8 @@ def _signals_deferred() -> Iterator[None]:
 
 
 class HugepagePool:
-    """Reserve ``count`` more hugepages of ``size_kb`` for the duration of a ``with`` block.
+    """Reserve ``count`` more hugepages of ``size_kb`` (default: the system's default size)
+    for the duration of a ``with`` block.
 
     Entering raises the persistent pool by ``count`` and checks the kernel granted all of
     them; if not, the pool is put back and :class:`HugepageError` (ENOMEM) says how many
@@ -279,11 +280,12 @@ class HugepagePool:
     the process that entered owns the reservation.
     """
 
-    def __init__(self, count: int, size_kb: int = 2048) -> None:
+    def __init__(self, count: int, size_kb: int | None = None) -> None:
         if count < 0:
             raise ValueError(f"hugepage count must be >= 0, got {count}")
         self.count = count
-        self.size_kb = size_kb
+        # Default: the default hugepage size, which MFD_HUGETLB without a size flag maps.
+        self.size_kb = size_kb or default_size_kb() or 2048
         self.persistent_before: int | None = None
         self._added = 0
         self._owner_pid: int | None = None

@@ -719,3 +719,12 @@ def _changed_fields(before: Vma, after: Vma) -> tuple[str, ...]:
         elif old != new:
             names.append(field.name)
     return tuple(names)
+
+
+UFFD_VM_FLAGS = frozenset({"um", "uw", "ui"})  # VM_UFFD_MISSING, VM_UFFD_WP, VM_UFFD_MINOR
+
+
+def uffd_vm_flags(start: int, end: int, pid: int | str = "self") -> list[str]:
+    """The smaps VmFlags marking uffd registration (um, uw, ui) on VMAs in [start, end)."""
+    flags = {flag for vma in read_smaps_range(start, end, pid) for flag in vma.vm_flags}
+    return sorted(flags & UFFD_VM_FLAGS)

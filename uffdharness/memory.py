@@ -3,21 +3,165 @@
 Every access helper (read, write, touch, fill, verify) is one cffi call, and cffi releases
 the GIL for its duration: a thread that faults on registered memory inside it sleeps in the
 kernel without blocking a Python handler thread. Never read registered memory through a raw
-memoryview: that faults with the GIL held and deadlocks a Python handler (DESIGN.md 3).
+memoryview: that faults with the GIL held and deadlocks a Python handler thread.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
+from . import hugepages
 from . import syscalls as sc
 from ._native import ffi, lib
+from .abi import Feature, RegisterMode
 from .errors import HarnessError, UffdError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-HUGE_PAGE_SIZE = 2 * 1024 * 1024
+
+Family = Literal["anon", "shmem", "hugetlb"]
+Backing = Literal["anonymous", "memfd", "file"]
+
+
+@dataclass(frozen=True)
+class KernelGate:
+    """An operation this memory kind supports only from ``since`` on; ``change`` names the
+    kernel change that brought it."""
+
+    since: str
+    change: str
+
+
+# Feature bits each register mode needs, per family (UAPI: MISSING_SHMEM and
+# MISSING_HUGETLBFS 4.11; WP on anon 5.7, PAGEFAULT_FLAG_WP 5.10; WP_HUGETLBFS_SHMEM 5.19;
+# MINOR_HUGETLBFS 5.13, MINOR_SHMEM 5.14). A mode absent from a family's map is refused
+# by UFFDIO_REGISTER there (MINOR on anonymous memory: EINVAL).
+_WP = Feature.PAGEFAULT_FLAG_WP
+_ANON_MODES = {RegisterMode.MISSING: Feature(0), RegisterMode.WP: _WP}
+_SHMEM_MODES = {
+    RegisterMode.MISSING: Feature.MISSING_SHMEM,
+    RegisterMode.WP: _WP | Feature.WP_HUGETLBFS_SHMEM,
+    RegisterMode.MINOR: Feature.MINOR_SHMEM,
+}
+_HUGETLB_MODES = {
+    RegisterMode.MISSING: Feature.MISSING_HUGETLBFS,
+    RegisterMode.WP: _WP | Feature.WP_HUGETLBFS_SHMEM,
+    RegisterMode.MINOR: Feature.MINOR_HUGETLBFS,
+}
+# hugetlb VMAs never merge on any kernel: hugetlb_vm_ops has a .close handler and
+# is_mergeable_vma() refuses VMAs with vm_ops->close.
+HUGETLB_NEVER_MERGES = "hugetlb VMAs never merge (hugetlb_vm_ops has .close)"
+_HUGETLB_MREMAP = KernelGate(
+    "5.16", "'mm, hugepages: add mremap() support for hugepage backed vma'"
+)
+_HUGETLB_DONTNEED = KernelGate("5.18", "'mm: enable MADV_DONTNEED for hugetlb mappings'")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One row of the memory-kind table: everything that differs between kinds.
+
+    ``drop_advice`` is the madvise that gives a range's pages back so the next touch faults
+    again as missing: MADV_DONTNEED on private mappings, MADV_REMOVE (punching the backing
+    file) on shared ones, where DONTNEED only zaps the PTEs and leaves the page cache.
+    ``gates`` holds per-operation minimum kernels ("mremap", "zap" = MADV_DONTNEED,
+    "drop" = ``drop_advice``); an operation absent there works on every kernel.
+    """
+
+    name: str
+    family: Family
+    shared: bool
+    backing: Backing
+    drop_advice: int
+    register_features: Mapping[RegisterMode, Feature]
+    gates: Mapping[str, KernelGate] = field(default_factory=dict)
+    in_catalogue: bool = True  # the file kind needs a path, so scenarios do not run on it
+
+    @property
+    def is_hugetlb(self) -> bool:
+        return self.family == "hugetlb"
+
+    @property
+    def page_size(self) -> int:
+        return hugetlb_page_size() if self.is_hugetlb else PAGE_SIZE
+
+    @property
+    def memfd_flags(self) -> int:
+        return sc.MFD_CLOEXEC | (sc.MFD_HUGETLB if self.is_hugetlb else 0)
+
+    @property
+    def mmap_flags(self) -> int:
+        share = sc.MAP_SHARED if self.shared else sc.MAP_PRIVATE
+        return share | (sc.MAP_ANONYMOUS if self.backing == "anonymous" else 0)
+
+    def supports(self, modes: RegisterMode) -> bool:
+        return all(mode in self.register_features for mode in RegisterMode if mode & modes)
+
+    def mode_features(self, modes: RegisterMode) -> Feature:
+        """Feature bits UFFDIO_API must grant for ``modes`` on this kind."""
+        needed = Feature(0)
+        for mode in RegisterMode:
+            if mode & modes:
+                if mode not in self.register_features:
+                    raise ValueError(f"{mode.name} faults are not supported on {self.name} memory")
+                needed |= self.register_features[mode]
+        return needed
+
+
+KIND_TABLE: tuple[KindSpec, ...] = (
+    KindSpec("anon", "anon", False, "anonymous", sc.MADV_DONTNEED, _ANON_MODES),
+    KindSpec("shmem", "shmem", True, "anonymous", sc.MADV_REMOVE, _SHMEM_MODES),
+    KindSpec("memfd", "shmem", True, "memfd", sc.MADV_REMOVE, _SHMEM_MODES),
+    KindSpec(
+        "hugetlb",
+        "hugetlb",
+        True,
+        "memfd",
+        sc.MADV_REMOVE,
+        _HUGETLB_MODES,
+        {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED},
+    ),
+    KindSpec(
+        "hugetlb-private",
+        "hugetlb",
+        False,
+        "memfd",
+        sc.MADV_DONTNEED,
+        _HUGETLB_MODES,
+        {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED, "drop": _HUGETLB_DONTNEED},
+    ),
+    KindSpec("file", "shmem", True, "file", sc.MADV_REMOVE, _SHMEM_MODES, in_catalogue=False),
+)
+SPECS: dict[str, KindSpec] = {spec.name: spec for spec in KIND_TABLE}
+CATALOGUE_KINDS: tuple[str, ...] = tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue)
+
+
+def kinds_where(predicate: Callable[[KindSpec], bool]) -> tuple[str, ...]:
+    """Names of the catalogue's kinds whose row satisfies ``predicate``."""
+    return tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue and predicate(spec))
+
+
+@functools.cache
+def pmd_size() -> int:
+    """The size a PMD maps (a THP), from /sys/kernel/mm/transparent_hugepage/hpage_pmd_size;
+    2 MiB (x86-64) where THP is not configured."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as size:
+            return int(size.read())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+@functools.cache
+def hugetlb_page_size() -> int:
+    """The default hugetlbfs page size (what MFD_HUGETLB without a size flag gives), from
+    /proc/meminfo's Hugepagesize; 2 MiB where the kernel has no hugetlb support."""
+    size_kb = hugepages.default_size_kb()
+    return (size_kb or 2048) * 1024
 
 
 class MemoryKind(str, Enum):
@@ -29,16 +173,20 @@ class MemoryKind(str, Enum):
     FILE = "file"  # a regular file, mapped shared
 
     @property
+    def spec(self) -> KindSpec:
+        return SPECS[self.value]
+
+    @property
     def is_hugetlb(self) -> bool:
-        return self in (MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE)
+        return self.spec.is_hugetlb
 
     @property
     def is_shmem(self) -> bool:
-        return self in (MemoryKind.SHMEM, MemoryKind.MEMFD)
+        return self.spec.family == "shmem" and self.spec.backing != "file"
 
     @property
     def page_size(self) -> int:
-        return HUGE_PAGE_SIZE if self.is_hugetlb else PAGE_SIZE
+        return self.spec.page_size
 
 
 def _align_up(value: int, align: int) -> int:
@@ -105,6 +253,13 @@ class Region:
         if first_page < 0 or count < 0 or first_page + count > self.pages:
             raise IndexError(f"pages {first_page}+{count} outside a {self.pages}-page region")
         return self.addr + first_page * self.page_size, count * self.page_size
+
+    def view(self, page_size: int) -> Region:
+        """The same mapping counted in pages of ``page_size`` (e.g. anonymous memory laid
+        out like a hugetlb region, to hold its expected content); owns nothing."""
+        if self.length % page_size:
+            raise ValueError(f"a {self.length}-byte region is no whole number of {page_size}")
+        return Region(self.addr, self.length, self.kind, page_size=page_size, name=self.name)
 
     def _check(self, offset: int, length: int) -> int:
         if self._closed:
@@ -276,17 +431,37 @@ class Region:
         )
 
 
-def _place(length: int, align: int, guard: bool) -> tuple[int, tuple[int, int] | None]:
-    """Reserve PROT_NONE address space and return (aligned start, reservation).
+class Reservation:
+    """PROT_NONE address space, unmapped on close(): room to move or map things into.
 
-    With guard=True the region sits between PROT_NONE pages, so it can never merge with a
-    neighbour and VMA counts measure only what the test did (DESIGN.md 4).
+    ``start`` is aligned to ``align`` with at least ``guard`` bytes of the reservation
+    below it and ``length + guard`` above it, so what is placed there sits between
+    PROT_NONE pages and can never merge with a neighbour: VMA counts then measure only
+    what the test did.
     """
-    pad = max(align, PAGE_SIZE)
-    total = length + 2 * pad
-    base = sc.mmap(0, total, sc.PROT_NONE, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE)
-    start = _align_up(base + (PAGE_SIZE if guard else 0), align)
-    return start, (base, total)
+
+    def __init__(self, length: int, align: int = PAGE_SIZE, guard: int = PAGE_SIZE) -> None:
+        pad = max(align, guard, PAGE_SIZE)
+        self.length = length + 2 * pad
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE
+        self.base = sc.mmap(0, self.length, sc.PROT_NONE, flags)
+        self.start = _align_up(self.base + guard, max(align, PAGE_SIZE))
+        self._closed = False
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.base, self.length
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            sc.munmap(self.base, self.length)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def allocate(
@@ -301,7 +476,8 @@ def allocate(
 ) -> Region:
     """Map a region of ``pages`` pages (of the kind's page size) or ``length`` bytes."""
     kind = MemoryKind(kind)
-    page_size = kind.page_size
+    spec = kind.spec
+    page_size = spec.page_size
     if length is None:
         if pages is None:
             raise TypeError("give pages or length")
@@ -310,38 +486,30 @@ def allocate(
         raise ValueError(f"length {length} is not a positive multiple of {page_size}")
 
     fd = -1
-    if kind in (MemoryKind.MEMFD, MemoryKind.HUGETLB, MemoryKind.HUGETLB_PRIVATE):
-        flags = sc.MFD_CLOEXEC | (sc.MFD_HUGETLB if kind.is_hugetlb else 0)
-        fd = sc.memfd_create(name, flags)
-    elif kind is MemoryKind.FILE:
+    if spec.backing == "memfd":
+        fd = sc.memfd_create(name, spec.memfd_flags)
+    elif spec.backing == "file":
         if path is None:
             raise TypeError("a file region needs a path")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         if fd >= 0:
             os.ftruncate(fd, length)
-        if guard or kind.is_hugetlb:
-            start, reservation = _place(length, page_size, guard)
-            fixed = sc.MAP_FIXED
-        else:
-            start, reservation, fixed = 0, None, 0
+        reservation = None
+        start, fixed = 0, 0
+        if guard or spec.is_hugetlb:  # hugetlb mappings must be aligned to the page size
+            reservation = Reservation(length, page_size, PAGE_SIZE if guard else 0)
+            start, fixed = reservation.start, sc.MAP_FIXED
+        flags = spec.mmap_flags | fixed | (sc.MAP_POPULATE if populate else 0)
         try:
-            if kind is MemoryKind.ANON:
-                flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS
-            elif kind is MemoryKind.SHMEM:
-                flags = sc.MAP_SHARED | sc.MAP_ANONYMOUS
-            elif kind is MemoryKind.HUGETLB_PRIVATE:
-                flags = sc.MAP_PRIVATE
-            else:
-                flags = sc.MAP_SHARED
-            if populate:
-                flags |= sc.MAP_POPULATE
-            addr = sc.mmap(start, length, sc.PROT_RW, flags | fixed, fd, 0)
+            addr = sc.mmap(start, length, sc.PROT_RW, flags, fd, 0)
         except UffdError as exc:
             if reservation:
-                sc.munmap(*reservation)
-            if kind.is_hugetlb and exc.errno_name == "ENOMEM":
-                exc.detail = "no free 2 MiB hugepages: reserve them with HugepagePool"
+                reservation.close()
+            if spec.is_hugetlb and exc.errno_name == "ENOMEM":
+                exc.detail = (
+                    f"no free {page_size >> 20} MiB hugepages: reserve them with HugepagePool"
+                )
                 exc.strerror = exc._format(exc.errno)
             raise
     except BaseException:
@@ -355,6 +523,6 @@ def allocate(
         page_size=page_size,
         fd=fd,
         owns_fd=fd >= 0,
-        reservation=reservation,
+        reservation=reservation.span if reservation else None,
         name=name,
     )

@@ -7,7 +7,7 @@ installed. Fixtures: ``kernel``, ``uffd_features``, ``uffd``, ``uffd_factory``,
 - ``requires_kernel(">=6.4")``: skip unless the running kernel matches the spec.
 - ``requires_feature("MOVE", ...)``: skip unless UFFDIO_API offers these features.
 - ``requires_root``: skip unless euid 0.
-- ``requires_hugepages(n)``: reserve n 2 MiB hugepages for the test (skip if impossible).
+- ``requires_hugepages(n)``: reserve n default-size hugepages for the test (skip if impossible).
 
 ``pytest --uffd-catalogue`` adds one item per catalogue scenario x memory kind.
 """
@@ -20,18 +20,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from .abi import PASSIVE_FEATURES, Feature
+from . import system
+from .abi import PASSIVE_FEATURES, Feature, missing_features, missing_features_reason
 from .hugepages import HugepageError, HugepagePool
 from .kernelversion import KernelVersion
 from .memory import MemoryKind, Region, allocate
-from .scenarios.model import missing_features_reason
 from .uffd import Userfaultfd
 
 MARKERS = {
     "requires_kernel(spec)": "skip unless the running kernel matches spec, e.g. '>=6.4'",
     "requires_feature(*names)": "skip unless UFFDIO_API offers these features, e.g. 'MOVE'",
     "requires_root": "skip unless running as root",
-    "requires_hugepages(n)": "reserve n 2 MiB hugepages for the test; skip if impossible",
+    "requires_hugepages(n)": "reserve n default-size hugepages; skip if impossible",
 }
 
 
@@ -56,18 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _kernel() -> KernelVersion:
-    from .system import kernel_version
-
-    return kernel_version()
+    return system.facts().kernel
 
 
 def _offered() -> Feature:
-    from .uffd import probe_api
-
-    try:
-        return probe_api().features
-    except OSError:
-        return Feature(0)
+    return system.facts().offered
 
 
 def _requirement_skip(item: pytest.Item) -> str | None:
@@ -80,7 +73,7 @@ def _requirement_skip(item: pytest.Item) -> str | None:
         wanted = Feature(0)
         for name in marker.args:
             wanted |= Feature[name]
-        missing = Feature(int(wanted) & ~int(_offered()))
+        missing = missing_features(wanted, _offered())
         if missing:
             return missing_features_reason(missing)
     if item.get_closest_marker("requires_root") and os.geteuid() != 0:
@@ -102,7 +95,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         try:
             pool.__enter__()
         except HugepageError as exc:
-            pytest.skip(f"cannot reserve {count} x 2 MiB hugepages: {exc}")
+            pytest.skip(f"cannot reserve {count} hugepages: {exc}")
         item.stash[_POOL_KEY] = pool
 
 
@@ -136,7 +129,7 @@ def uffd_factory() -> Iterator:
     opened: list[Userfaultfd] = []
 
     def make(features: Feature = PASSIVE_FEATURES, **kwargs) -> Userfaultfd:
-        missing = Feature(int(features) & ~int(_offered()))
+        missing = missing_features(features, _offered())
         if missing:
             pytest.skip(missing_features_reason(missing))
         uffd = Userfaultfd.open(features, **kwargs)
@@ -156,14 +149,14 @@ def uffd(uffd_factory) -> Userfaultfd:
 
 @pytest.fixture(scope="session")
 def hugepages() -> Iterator[HugepagePool]:
-    """Eight 2 MiB hugepages for the session; skips with the reason when impossible."""
+    """Eight hugepages (the default size) for the session; skips with the reason when impossible."""
     if os.geteuid() != 0:
         pytest.skip("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
     try:
         with HugepagePool(8) as pool:
             yield pool
     except HugepageError as exc:
-        pytest.skip(f"cannot reserve 8 x 2 MiB hugepages: {exc}")
+        pytest.skip(f"cannot reserve 8 hugepages: {exc}")
 
 
 @pytest.fixture
@@ -217,9 +210,9 @@ class CatalogueItem(pytest.Item):
         self.memory = memory
 
     def runtest(self) -> None:
-        from .runner import kernel_info, run_pair
+        from .runner import run_pair
 
-        info = kernel_info()
+        info = system.facts()
         hugetlb_skip = None
         pool = None
         if MemoryKind(self.memory).is_hugetlb:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -11,17 +10,18 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .abi import flag_names
-from .runner import KernelInfo, Result
+from .runner import Result
 from .scenarios.model import VERDICTS
+from .system import SystemFacts
 
 
-def kernel_json(info: KernelInfo) -> dict[str, Any]:
-    version = info.version
+def kernel_json(info: SystemFacts) -> dict[str, Any]:
+    version = info.kernel
     return {
-        "release": platform.release(),
+        "release": info.release,
         "version": [version.major, version.minor, version.patch],
         "patch_known": version.patch_known,
-        "machine": platform.machine(),
+        "machine": info.machine,
         "features": flag_names(info.offered),
         "root": info.is_root,
         "uffd_error": info.uffd_error or None,
@@ -33,7 +33,7 @@ def counts(results: Sequence[Result]) -> dict[str, int]:
     return {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
 
 
-def to_json(info: KernelInfo, results: Sequence[Result], wall_s: float) -> dict[str, Any]:
+def to_json(info: SystemFacts, results: Sequence[Result], wall_s: float) -> dict[str, Any]:
     return {
         "kernel": kernel_json(info),
         "summary": {"counts": counts(results), "total": len(results), "wall_s": round(wall_s, 2)},
@@ -41,7 +41,7 @@ def to_json(info: KernelInfo, results: Sequence[Result], wall_s: float) -> dict[
     }
 
 
-def write_json(path: str, info: KernelInfo, results: Sequence[Result], wall_s: float) -> None:
+def write_json(path: str, info: SystemFacts, results: Sequence[Result], wall_s: float) -> None:
     with open(path, "w") as out:
         json.dump(to_json(info, results, wall_s), out, indent=2, default=str)
         out.write("\n")

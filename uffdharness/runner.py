@@ -7,7 +7,6 @@ given back whatever happens. A hang, a signal or an exception becomes a verdict.
 from __future__ import annotations
 
 import fnmatch
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -15,15 +14,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from .abi import Feature
+from . import system
+from .defaults import DEFAULT_TIMEOUT
 from .hugepages import HugepageError, HugepagePool
 from .isolation import run_in_child
 from .kernelversion import KernelVersion
 from .memory import MemoryKind
 from .scenarios.context import Context
 from .scenarios.model import BAD_VERDICTS, Observation, Scenario, Skip, Verdict
-
-DEFAULT_TIMEOUT = 30.0
+from .system import SystemFacts
 
 
 @dataclass
@@ -52,14 +51,6 @@ class Result:
         }
 
 
-@dataclass(frozen=True)
-class KernelInfo:
-    version: KernelVersion
-    offered: Feature
-    is_root: bool
-    uffd_error: str = ""
-
-
 def select(
     catalogue: Iterable[Scenario],
     pattern: str | None = None,
@@ -77,11 +68,15 @@ def select(
     return chosen
 
 
-def judge(item: Scenario, kernel: KernelVersion, observation: Observation) -> tuple[Verdict, str]:
+def judge(
+    item: Scenario, kernel: KernelVersion, observation: Observation, memory: str = "anon"
+) -> tuple[Verdict, str]:
+    """pass, or known-bug when a failing observation shows the scenario's known bug's
+    signature (its ``shows`` facts), else fail."""
     if observation.ok:
         return "pass", ""
     bug = item.known_bug
-    if bug and observation.buggy:
+    if bug and bug.shown_by(observation.facts, memory):
         if not bug.fixed_on(kernel):
             return "known-bug", (
                 f"{bug.signature}; fixed in {bug.fixed_in} by '{bug.fix}', running {kernel}"
@@ -92,8 +87,8 @@ def judge(item: Scenario, kernel: KernelVersion, observation: Observation) -> tu
     return "fail", observation.reason
 
 
-def _run_one(item: Scenario, kind: str, info: KernelInfo) -> Observation:
-    ctx = Context(MemoryKind(kind), info.version, info.offered)
+def _run_one(item: Scenario, kind: str, info: SystemFacts) -> Observation:
+    ctx = Context(MemoryKind(kind), info, item.modes)
     try:
         return item.run(ctx)
     finally:
@@ -101,10 +96,10 @@ def _run_one(item: Scenario, kind: str, info: KernelInfo) -> Observation:
 
 
 def run_pair(
-    item: Scenario, kind: str, info: KernelInfo, timeout: float, hugetlb_skip: str | None
+    item: Scenario, kind: str, info: SystemFacts, timeout: float, hugetlb_skip: str | None
 ) -> Result:
     started = time.monotonic()
-    reason = item.skip_reason(info.version, info.offered, info.is_root)
+    reason = item.skip_reason(info.kernel, info.offered, info.is_root, kind)
     if info.uffd_error:
         reason = f"userfaultfd unavailable: {info.uffd_error}"
     if reason is None and MemoryKind(kind).is_hugetlb and hugetlb_skip:
@@ -143,20 +138,8 @@ def run_pair(
             duration_s=duration,
         )
     observation: Observation = outcome.value
-    verdict, reason = judge(item, info.version, observation)
+    verdict, reason = judge(item, info.kernel, observation, kind)
     return Result(item.id, kind, verdict, reason, observation.key, observation.facts, duration)
-
-
-def kernel_info() -> KernelInfo:
-    from .system import kernel_version
-    from .uffd import probe_api
-
-    try:
-        offered = probe_api().features
-        error = ""
-    except OSError as exc:
-        offered, error = Feature(0), str(exc)
-    return KernelInfo(kernel_version(), offered, os.geteuid() == 0, error)
 
 
 def _reserve_hugepages(stack: ExitStack, pairs) -> str | None:
@@ -166,9 +149,11 @@ def _reserve_hugepages(stack: ExitStack, pairs) -> str | None:
         return None
     count = max(needs)
     try:
-        stack.enter_context(HugepagePool(count))
+        pool = stack.enter_context(HugepagePool(count))
     except HugepageError as exc:
-        return f"cannot reserve {count} x 2 MiB hugepages: {exc}"
+        return f"cannot reserve {count} hugepages: {exc}"
+    if pool.size_kb * 1024 != MemoryKind.HUGETLB.page_size:
+        return f"the pool's {pool.size_kb} kB pages are not the hugetlb kinds' page size"
     return None
 
 
@@ -176,10 +161,11 @@ def run(
     pairs: list[tuple[Scenario, str]],
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    info: KernelInfo | None = None,
+    info: SystemFacts | None = None,
     progress: Callable[[int, int, Result | None, str], None] | None = None,
 ) -> list[Result]:
-    info = info or kernel_info()
+    info = info or system.facts()
+    info.probe_lazy()  # once here, not again in every forked scenario
     results: list[Result] = []
     with ExitStack() as stack:
         hugetlb_skip = (

@@ -83,3 +83,13 @@ def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
     if fd < 0:
         raise UffdError(ffi.errno, "memfd_create", detail=name)
     return fd
+
+
+def fork_and_exit(exit_code: int = 0) -> int:
+    """fork() a child that _exit()s at once; returns its pid. The fork happens in C with the
+    GIL released: with EVENT_FORK the call blocks until a handler reads the fork event, and
+    os.fork() would keep the GIL (and run Python's at-fork hooks) meanwhile."""
+    pid = lib.uh_fork_and_exit(exit_code)
+    if pid < 0:
+        raise UffdError(-pid, "fork")
+    return pid

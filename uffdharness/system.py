@@ -1,20 +1,31 @@
-"""Facts about the running system that decide which checks can run and what to expect."""
+"""Facts about the running system that decide which checks can run and what to expect.
+
+``facts()`` is the one source: computed once per process (a forked scenario inherits the
+parent's), used by the runner, scenarios, reports, the pytest plugin and ``info``. The
+costlier probes (the vDSO's ELF note, pagemap's uffd-wp bit) run on first use.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from uffdharness import hugepages, vdso
 from uffdharness.hugepages import HugepageCounts
 from uffdharness.kernelversion import KernelVersion, parse, upstream_from_proc_version
+
+if TYPE_CHECKING:
+    from uffdharness.abi import Feature
 
 __all__ = [
     "CAP_SYS_PTRACE",
     "SystemFacts",
     "UffdApiFacts",
     "collect",
+    "facts",
     "effective_capabilities",
     "kernel_version",
     "probe_uffd_api",
@@ -62,9 +73,6 @@ class SystemFacts:
     version: str
     machine: str
     kernel: KernelVersion
-    vdso_version: KernelVersion | None
-    vdso_agrees: bool | None  # None when the vDSO could not be read
-    vdso_error: str | None
     page_size: int
     dev_userfaultfd: bool
     dev_userfaultfd_accessible: bool
@@ -76,6 +84,66 @@ class SystemFacts:
     thp_enabled: str | None
     thp_shmem_enabled: str | None
     uffd: UffdApiFacts
+    _lazy: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def offered(self) -> Feature:
+        """The features UFFDIO_API offers (none when no uffd could be opened)."""
+        # abi needs the compiled extension; info must still work without it.
+        from uffdharness.abi import Feature
+
+        return Feature(self.uffd.features_mask or 0)
+
+    @property
+    def uffd_error(self) -> str:
+        """Why no userfaultfd could be opened, or ""."""
+        return "" if self.uffd.available else self.uffd.status.removeprefix("unavailable: ")
+
+    def _once(self, name: str, compute):
+        if name not in self._lazy:
+            self._lazy[name] = compute()
+        return self._lazy[name]
+
+    @property
+    def vdso_version(self) -> KernelVersion | None:
+        return self._vdso()[0]
+
+    @property
+    def vdso_agrees(self) -> bool | None:
+        """None when the vDSO could not be read."""
+        return self._vdso()[1]
+
+    @property
+    def vdso_error(self) -> str | None:
+        return self._vdso()[2]
+
+    def _vdso(self) -> tuple[KernelVersion | None, bool | None, str | None]:
+        def read():
+            try:
+                version = vdso.vdso_version()
+            except (vdso.VdsoError, OSError) as error:
+                return None, None, str(error)
+            return version, vdso.agrees(version, self.kernel), None
+
+        return self._once("vdso", read)
+
+    @property
+    def pagemap_uffd_wp(self) -> bool:
+        """Whether pagemap reports the uffd-wp bit (57, 5.14). Older kernels leave it 0
+        without error, so it is probed once on a write-protected anonymous page."""
+
+        def probe() -> bool:
+            from uffdharness.abi import Feature
+            from uffdharness.pagemap import probe_uffd_wp_bit
+
+            wp = Feature.PAGEFAULT_FLAG_WP
+            return self.uffd.available and wp in self.offered and probe_uffd_wp_bit()
+
+        return self._once("pagemap_uffd_wp", probe)
+
+    def probe_lazy(self) -> None:
+        """Run the probes scenarios ask for (pagemap's uffd-wp bit) now."""
+        _ = self.pagemap_uffd_wp
 
     @property
     def may_use_uffd_syscall(self) -> bool:
@@ -192,19 +260,16 @@ def _hugepage_pools() -> tuple[HugepageCounts, ...]:
     return tuple(pools)
 
 
+@functools.cache
+def facts() -> SystemFacts:
+    """The system facts of this process, gathered on first use."""
+    return collect()
+
+
 def collect() -> SystemFacts:
-    """Gather every fact; never raises for a missing feature, records it instead."""
+    """Gather every fact afresh; never raises for a missing feature, records it instead."""
     uname = platform.uname()
     kernel = kernel_version()
-    vdso_version: KernelVersion | None = None
-    vdso_agrees: bool | None = None
-    vdso_error: str | None = None
-    try:
-        vdso_version = vdso.vdso_version()
-        vdso_agrees = vdso.agrees(vdso_version, kernel)
-    except (vdso.VdsoError, OSError) as error:
-        vdso_error = str(error)
-
     unprivileged = _read_text(SYSCTL_UNPRIVILEGED_USERFAULTFD)
     capabilities = effective_capabilities()
     return SystemFacts(
@@ -212,9 +277,6 @@ def collect() -> SystemFacts:
         version=uname.version,
         machine=uname.machine,
         kernel=kernel,
-        vdso_version=vdso_version,
-        vdso_agrees=vdso_agrees,
-        vdso_error=vdso_error,
         page_size=os.sysconf("SC_PAGE_SIZE"),
         dev_userfaultfd=os.path.exists(DEV_USERFAULTFD),
         dev_userfaultfd_accessible=os.access(DEV_USERFAULTFD, os.R_OK | os.W_OK),

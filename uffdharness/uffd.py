@@ -24,6 +24,7 @@ from .abi import (
     WriteProtectMode,
     ZeropageMode,
     flag_names,
+    missing_features,
 )
 from .errors import FeatureUnavailable, UffdError
 from .events import (
@@ -165,7 +166,7 @@ class Userfaultfd(OwnedFd):
             )
         if features:
             offered = probe_api().features
-            missing = Feature(int(features) & ~int(offered))
+            missing = missing_features(features, offered)
             if missing:
                 raise FeatureUnavailable(flag_names(missing), flag_names(offered))
         return self.api_raw(int(features))
@@ -223,7 +224,7 @@ class Userfaultfd(OwnedFd):
         """UFFDIO_COPY from an address, or from a bytes-like object kept alive for the call.
 
         Returns bytes copied. ``src`` must not be unpopulated registered memory: the kernel's
-        own read would fault and block (DESIGN.md section 4).
+        own read would fault and block in handle_userfault() until someone resolves it.
         """
         keep = None
         if isinstance(src, int):

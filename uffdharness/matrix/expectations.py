@@ -5,10 +5,11 @@ cross-kernel claims a CI run should pin down: which kernels carry a known bug, w
 and that a scenario needing something newer than the kernel skips and says why.
 
 Two sources, one record type (``Expectation``):
-- ``EXPECTATIONS``: written here, for behaviour and for gates the scenarios do not declare
-  (a register mode's feature on one memory kind, a syscall that learned hugetlb late);
-- ``declared_gates()``: derived from each scenario's declaration (``min_kernel`` and the
-  release that added each feature in ``features``), so a new scenario is covered at once.
+- ``EXPECTATIONS``: written here, for behaviour (which kernels carry a known bug);
+- ``declared_gates()``: derived from each scenario's declared requirements on each memory
+  kind (``Scenario.requirements``: min_kernel, the release that added each feature its
+  modes and declaration need, per-kind operation gates from the memory-kind table), the
+  same data the runner's skip decision reads, so no gate is restated here.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..abi import FEATURE_SINCE, Feature, flag_names
 from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
+from ..memory import HUGETLB_NEVER_MERGES
 from ..runner import Result
 from ..scenarios.model import HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
-from ..scenarios.vma_merge import HUGETLB_NEVER_MERGES
-
-SHMEM_LIKE_KINDS = ("shmem", "memfd")
-FILE_BACKED_KINDS = SHMEM_LIKE_KINDS + HUGETLB_KINDS
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ class Violation:
 _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
 
 EXPECTATIONS: tuple[Expectation, ...] = (
-    # mmap 20 pages, register 0-9, unregister 5-9 (DESIGN.md section 5). Observed: 3 VMAs
+    # mmap 20 pages, register 0-9, unregister 5-9. Observed: 3 VMAs
     # on Debian 5.10 and 6.1, 2 on 6.12, 6.18 and 7.x.
     Expectation(
         "unregister-merge",
@@ -114,84 +111,17 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         facts={"vmas_after_unregister": 3},
         why=HUGETLB_NEVER_MERGES,
     ),
-    # Register modes whose feature depends on the memory kind (scenarios/context.py asks
-    # for them at run time, so no scenario declares them).
-    Expectation(
-        "wp-*",
-        FILE_BACKED_KINDS,
-        "skip",
-        before="5.19",
-        why="uffd-wp on shmem/hugetlbfs needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19)",
-    ),
-    Expectation(
-        "wp-*",
-        ("anon",),
-        "skip",
-        before="5.10",
-        why="uffd-wp scenarios ask for UFFD_FEATURE_PAGEFAULT_FLAG_WP (5.10; the WP "
-        "register mode itself is 5.7)",
-    ),
-    Expectation(
-        "minor-continue",
-        SHMEM_LIKE_KINDS,
-        "skip",
-        before="5.14",
-        why="minor faults on shmem need UFFD_FEATURE_MINOR_SHMEM (5.14)",
-    ),
-    Expectation(
-        "minor-continue",
-        HUGETLB_KINDS,
-        "skip",
-        before="5.13",
-        why="minor faults on hugetlbfs need UFFD_FEATURE_MINOR_HUGETLBFS (5.13)",
-    ),
-    # Syscalls that learned hugetlb late: a scenario using them must skip, not error.
-    Expectation(
-        "mremap-roundtrip",
-        HUGETLB_KINDS,
-        "skip",
-        before="5.16",
-        why="mremap() of hugetlb VMAs: 'mm, hugepages: add mremap() support for "
-        "hugepage backed vma' (5.16); older kernels return EINVAL",
-    ),
-    Expectation(
-        "event-remove",
-        ("hugetlb-private",),
-        "skip",
-        before="5.18",
-        why="MADV_DONTNEED on hugetlb: 'mm: enable MADV_DONTNEED for hugetlb "
-        "mappings' (5.18); older kernels return EINVAL",
-    ),
 )
 
 
 def declared_gates(catalogue: Iterable[Scenario]) -> list[Expectation]:
-    """One skip expectation per scenario ``min_kernel`` and per declared feature."""
-    gates = []
-    for item in catalogue:
-        if item.min_kernel:
-            gates.append(
-                Expectation(
-                    item.id,
-                    item.memory,
-                    "skip",
-                    before=item.min_kernel,
-                    why=f"declared min_kernel {item.min_kernel}",
-                )
-            )
-        for name in flag_names(item.features):
-            major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
-            if (major, minor) > (0, 0):
-                gates.append(
-                    Expectation(
-                        item.id,
-                        item.memory,
-                        "skip",
-                        before=f"{major}.{minor}",
-                        why=f"declares UFFD_FEATURE_{name} (added in {major}.{minor})",
-                    )
-                )
-    return gates
+    """One skip expectation per scenario, memory kind and declared requirement."""
+    return [
+        Expectation(item.id, (kind,), "skip", before=gate.since, why=f"declares {gate.reason}")
+        for item in catalogue
+        for kind in item.memory
+        for gate in item.requirements(kind)
+    ]
 
 
 def all_expectations() -> list[Expectation]:

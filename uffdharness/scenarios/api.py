@@ -9,8 +9,9 @@ from ..abi import FEATURE_SINCE, CopyMode, Feature, Ioctl, RegisterMode, flag_na
 from ..errors import UffdError
 from ..kernelversion import KernelVersion
 from ..uffd import Userfaultfd
+from .checks import Checks, errno_of
 from .context import Context
-from .model import Observation
+from .model import Observation, missing_features
 from .registry import scenario
 
 
@@ -41,45 +42,36 @@ def api_probe(ctx: Context) -> Observation:
     with Userfaultfd.open(api=False) as uffd:
         result = uffd.api_raw(0)
     expected = expected_features(ctx.kernel)
-    missing = Feature(int(expected) & ~int(result.offered))
-    newer = Feature(int(result.offered) & ~int(expected))
-    dev_expected = (ctx.kernel.major, ctx.kernel.minor) >= (6, 1)
-    facts = {
-        "offered": flag_names(result.offered),
-        "api_ioctls": flag_names(result.ioctls),
-        "missing_for_version": flag_names(missing),
-        "offered_before_mainline_version": flag_names(newer),
-        "open_syscall": _open_result(via="syscall"),
-        "open_dev_userfaultfd": _open_result(via="dev")
-        if os.path.exists("/dev/userfaultfd")
-        else "absent",
-        "open_user_mode_only": _open_result(user_mode_only=True),
-    }
+    missing = missing_features(expected, result.offered)
+    check = Checks()
+    check.fact("offered", flag_names(result.offered))
+    # UFFDIO_API's ioctls field: the ioctls usable on the uffd itself, before any register.
     api_ioctls = Ioctl.API | Ioctl.REGISTER | Ioctl.UNREGISTER
-    problems = []
-    if result.ioctls != api_ioctls:
-        problems.append(f"API ioctls {flag_names(result.ioctls)}")
-    if not facts["open_syscall"].startswith("ok") and not facts["open_dev_userfaultfd"].startswith(
-        "ok"
-    ):
-        problems.append("no way to open a userfaultfd")
-    if dev_expected and facts["open_dev_userfaultfd"] == "absent":
-        problems.append("/dev/userfaultfd absent on >= 6.1")
-    if missing:
-        # A distribution may build without CONFIG_PTE_MARKER_UFFD_WP etc.: a fact, and a
-        # failure only because this catalogue then cannot check those paths.
-        problems.append(f"features missing for {ctx.kernel}: {flag_names(missing)}")
-    ok = not problems
-    key = f"{len(flag_names(result.offered))} features"
-    return Observation(facts, ok, key, "; ".join(problems))
-
-
-def _errno_of(call) -> str:
-    try:
-        call()
-    except UffdError as exc:
-        return exc.errno_name
-    return "ok"
+    check.expect("api_ioctls", flag_names(result.ioctls), flag_names(api_ioctls))
+    # A distribution may build without CONFIG_PTE_MARKER_UFFD_WP etc.: a fact, and a
+    # failure only because this catalogue then cannot check those paths.
+    check.expect("missing_for_version", flag_names(missing), [])
+    check.fact(
+        "offered_before_mainline_version", flag_names(missing_features(result.offered, expected))
+    )
+    via_syscall = check.fact("open_syscall", _open_result(via="syscall"))
+    via_dev = _open_result(via="dev") if os.path.exists("/dev/userfaultfd") else "absent"
+    # /dev/userfaultfd arrived in 6.1 ("userfaultfd: add /dev/userfaultfd for fine grained
+    # access control").
+    dev_expected = (ctx.kernel.major, ctx.kernel.minor) >= (6, 1)
+    check.expect_that(
+        "open_dev_userfaultfd",
+        via_dev,
+        not (dev_expected and via_dev == "absent"),
+        f"present on >= 6.1 (running {ctx.kernel})",
+    )
+    check.fact("open_user_mode_only", _open_result(user_mode_only=True))
+    if not via_syscall.startswith("ok") and not via_dev.startswith("ok"):
+        check.problem(
+            f"no way to open a userfaultfd: open_syscall {via_syscall}, "
+            f"open_dev_userfaultfd {via_dev}"
+        )
+    return check.observation(key=f"{len(flag_names(result.offered))} features")
 
 
 @scenario(
@@ -89,11 +81,13 @@ def _errno_of(call) -> str:
     "unaligned, zero-length, unknown mode, unmapped; ENOENT unregistered; EEXIST "
     "populated; EAGAIN with a partial count) and never crash or hang",
     memory=("anon",),
+    modes=RegisterMode.MISSING,
 )
 def bad_inputs(ctx: Context) -> Observation:
     page = ctx.page_size
     region = ctx.region(4)
-    uffd = ctx.uffd(Feature.MOVE if Feature.MOVE in ctx.offered else Feature(0))
+    move = Feature.MOVE if Feature.MOVE in ctx.offered else Feature(0)
+    uffd = ctx.uffd(move | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region.addr, 3 * page)  # page 2 stays empty for MOVE
     hole = sc.mmap(0, 2 * page, sc.PROT_RW, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS)
     sc.munmap(hole, 2 * page)
@@ -137,23 +131,31 @@ def bad_inputs(ctx: Context) -> Observation:
             "ENOENT",
         ),
     }
-    if Feature.MOVE in ctx.offered:
+    if move:
         cases["move_src_hole"] = (
             lambda: uffd.move(region.addr + 2 * page, hole, page),
             "ENOENT",
         )
-    observed = {name: _errno_of(call) for name, (call, _) in cases.items()}
-    wrong = {
-        name: {"observed": observed[name], "expected": want}
-        for name, (_, want) in cases.items()
-        if observed[name] != want
-    }
-    facts = {"errno": observed, "partial_copy": partial, "mismatches": wrong}
-    ok = not wrong and partial.get("done") == page
-    reason = "" if ok else f"unexpected: {wrong or partial}"
-    return Observation(
-        facts, ok, f"{len(cases) - len(wrong)}/{len(cases)} errno as documented", reason
+    errnos = Checks()
+    for name, (call, wanted) in cases.items():
+        errnos.expect(name, errno_of(call), wanted)
+    check = Checks({"errno": errnos.facts})
+    for problem in errnos.problems:
+        check.problem(f"errno.{problem}")
+    check.fact(
+        "mismatches",
+        {
+            name: {"observed": errnos.facts[name], "expected": wanted}
+            for name, (_, wanted) in cases.items()
+            if errnos.facts[name] != wanted
+        },
     )
+    # EAGAIN from UFFDIO_COPY reports the bytes copied before it stopped (uffdio_copy.copy).
+    check.expect_that(
+        "partial_copy", partial, partial.get("done") == page, f"EAGAIN with done={page}"
+    )
+    wrong = len(errnos.problems)
+    return check.observation(key=f"{len(cases) - wrong}/{len(cases)} errno as documented")
 
 
 __all__ = ["expected_features"]

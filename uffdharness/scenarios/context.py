@@ -1,4 +1,4 @@
-"""What a scenario function receives: the memory kind, the kernel, and resource helpers.
+"""What a scenario function receives: the memory kind, the system facts, and resource helpers.
 
 A scenario runs in a forked child that exits afterwards, so whatever it maps or opens
 goes away with the child; the helpers still close what they made, for use outside it.
@@ -11,60 +11,52 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..abi import Feature
+from ..abi import Feature, RegisterMode
+from ..errors import HarnessError
 from ..events import Event
 from ..kernelversion import KernelVersion
-from ..memory import MemoryKind, Region, allocate
+from ..memory import KindSpec, MemoryKind, Region, allocate
+from ..system import SystemFacts
 from ..uffd import Userfaultfd
-from .model import Skip, missing_features_reason
-
-# Feature bits a register mode needs on each memory kind (UAPI: MISSING_SHMEM and
-# MISSING_HUGETLBFS 4.11, WP_HUGETLBFS_SHMEM 5.19, MINOR_HUGETLBFS 5.13, MINOR_SHMEM 5.14).
-_MODE_FEATURES = {
-    ("missing", "anon"): Feature(0),
-    ("missing", "shmem"): Feature.MISSING_SHMEM,
-    ("missing", "hugetlb"): Feature.MISSING_HUGETLBFS,
-    ("wp", "anon"): Feature.PAGEFAULT_FLAG_WP,
-    ("wp", "shmem"): Feature.PAGEFAULT_FLAG_WP | Feature.WP_HUGETLBFS_SHMEM,
-    ("wp", "hugetlb"): Feature.PAGEFAULT_FLAG_WP | Feature.WP_HUGETLBFS_SHMEM,
-    ("minor", "shmem"): Feature.MINOR_SHMEM,
-    ("minor", "hugetlb"): Feature.MINOR_HUGETLBFS,
-}
-
-
-def _family(kind: MemoryKind) -> str:
-    if kind.is_hugetlb:
-        return "hugetlb"
-    return "anon" if kind is MemoryKind.ANON else "shmem"
+from .model import Skip, missing_features, missing_features_reason
 
 
 @dataclass
 class Context:
     memory: MemoryKind
-    kernel: KernelVersion
-    offered: Feature
+    system: SystemFacts
+    modes: RegisterMode = RegisterMode(0)  # the register modes the scenario declared
     _regions: list[Region] = field(default_factory=list)
     _uffds: list[Userfaultfd] = field(default_factory=list)
+
+    @property
+    def kernel(self) -> KernelVersion:
+        return self.system.kernel
+
+    @property
+    def offered(self) -> Feature:
+        return self.system.offered
+
+    @property
+    def spec(self) -> KindSpec:
+        return self.memory.spec
 
     @property
     def page_size(self) -> int:
         return self.memory.page_size
 
     def require(self, features: Feature) -> None:
-        missing = Feature(int(features) & ~int(self.offered))
+        missing = missing_features(features, self.offered)
         if missing:
             raise Skip(missing_features_reason(missing))
 
-    def mode_features(self, *modes: str) -> Feature:
-        """Features the given register modes need on this memory kind (Skip if impossible)."""
-        needed = Feature(0)
-        for mode in modes:
-            key = (mode, _family(self.memory))
-            if key not in _MODE_FEATURES:
-                raise Skip(f"{mode} faults are not supported on {self.memory.value} memory")
-            needed |= _MODE_FEATURES[key]
-        self.require(needed)
-        return needed
+    def mode_features(self, modes: RegisterMode) -> Feature:
+        """Features ``modes`` need on this memory kind. The scenario must have declared
+        them (``modes=`` of @scenario), so the runner checked them before forking."""
+        undeclared = RegisterMode(int(modes) & ~int(self.modes))
+        if undeclared:
+            raise HarnessError(f"scenario registers {undeclared!r} without declaring it")
+        return self.spec.mode_features(modes)
 
     def region(self, pages: int, kind: MemoryKind | str | None = None, **kwargs: Any) -> Region:
         region = allocate(kind or self.memory, pages, **kwargs)

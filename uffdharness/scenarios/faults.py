@@ -8,13 +8,13 @@ import threading
 from collections.abc import Callable
 
 from .. import syscalls as sc
-from .._native import ffi, lib
 from ..abi import Feature, RegisterMode
 from ..errors import UffdError
 from ..events import PagefaultEvent
 from ..isolation import run_in_child
-from ..memory import MemoryKind, Region, allocate
+from ..memory import PAGE_SIZE, MemoryKind, Region, allocate
 from ..uffd import Userfaultfd
+from .checks import Checks, errno_of
 from .context import Background, Context, next_event
 from .model import ALL_KINDS, SHARED_KINDS, Observation
 from .registry import scenario
@@ -22,11 +22,11 @@ from .registry import scenario
 SEED = 0x5EED
 
 
-def _expected_content(region: Region) -> Region:
+def _expected_content(ctx: Context, region: Region) -> Region:
     """Anonymous memory holding what ``region.fill_indexed(SEED)`` would write, its pages
     counted at ``region``'s page size (2 MiB for hugetlb)."""
-    source = allocate(MemoryKind.ANON, length=region.length)
-    lib.uh_fill_indexed(ffi.cast("char *", source.addr), region.length, region.page_size, SEED, 0)
+    source = ctx.region(region.length // PAGE_SIZE, MemoryKind.ANON)
+    source.view(region.page_size).fill_indexed(SEED)
     return source
 
 
@@ -62,38 +62,31 @@ def serve_missing(
     "address and UFFDIO_COPY installs exactly the copied content (4.3 anon, 4.11 shmem "
     "and hugetlbfs)",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     hugepages=8,
 )
 def missing_copy(ctx: Context) -> Observation:
-    pages = 4 if ctx.memory.is_hugetlb else 16
+    pages = 4 if ctx.spec.is_hugetlb else 16
     region = ctx.region(pages)
-    source = _expected_content(region)
-    uffd = ctx.uffd(ctx.mode_features("missing"))
+    source = _expected_content(ctx, region)
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region, mode=RegisterMode.MISSING)
     toucher = Background(region.touch)
     faults = serve_missing(uffd, region, source, toucher, limit=pages * 2)
     touched = toucher.value(5)
     mismatch = region.find_indexed_mismatch(SEED)
     addresses = [f.address for f in faults]
-    expected = [region.page_addr(i) for i in range(pages)]
-    facts = {
-        "pages": pages,
-        "page_size": region.page_size,
-        "faults": len(faults),
-        "fault_kinds": sorted({f.fault_kind for f in faults}),
-        "write_faults": sum(f.is_write for f in faults),
-        "addresses_in_page_order": addresses == expected,
-        "pages_touched": touched,
-        "first_mismatch_offset": mismatch,
-    }
-    ok = len(faults) == pages and addresses == expected and mismatch is None
-    reason = "" if ok else f"faults at {[hex(a) for a in addresses]}, mismatch at {mismatch}"
-    return Observation(
-        facts,
-        ok,
-        f"faults={len(faults)}/{pages} data={'ok' if mismatch is None else 'BAD'}",
-        reason,
-    )
+    in_order = addresses == [region.page_addr(i) for i in range(pages)]
+    check = Checks({"pages": pages, "page_size": region.page_size})
+    check.expect("faults", len(faults), pages)
+    check.fact("fault_kinds", sorted({f.fault_kind for f in faults}))
+    check.fact("write_faults", sum(f.is_write for f in faults))
+    if not check.expect("addresses_in_page_order", in_order, True):
+        check.problem(f"faults at {[hex(a) for a in addresses]}")
+    check.fact("pages_touched", touched)
+    check.expect("first_mismatch_offset", mismatch, None)
+    data = "ok" if mismatch is None else "BAD"
+    return check.observation(key=f"faults={len(faults)}/{pages} data={data}")
 
 
 @scenario(
@@ -102,38 +95,32 @@ def missing_copy(ctx: Context) -> Observation:
     checks="a read fault resolved by UFFDIO_ZEROPAGE reads zeros and a later write "
     "works; hugetlbfs does not offer ZEROPAGE and must refuse it with EINVAL",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
 )
 def missing_zeropage(ctx: Context) -> Observation:
     region = ctx.region(2)
-    uffd = ctx.uffd(ctx.mode_features("missing"))
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
-    if ctx.memory.is_hugetlb:
-        try:
-            uffd.zeropage(region)
-        except UffdError as exc:
-            facts = {"zeropage_errno": exc.errno_name}
-            ok = exc.errno_name == "EINVAL"
-            return Observation(
-                facts, ok, f"ZEROPAGE -> {exc.errno_name}", "" if ok else "expected EINVAL"
-            )
-        return Observation(
-            {"zeropage_errno": None}, False, "ZEROPAGE accepted", "hugetlb accepted ZEROPAGE"
-        )
+    check = Checks()
+    if ctx.spec.is_hugetlb:
+        # hugetlbfs has no zero page: UFFDIO_REGISTER leaves UFFDIO_ZEROPAGE out of a
+        # hugetlb range's ioctls and mfill_atomic_hugetlb() refuses it with EINVAL.
+        refused = errno_of(uffd.zeropage, region)
+        check.expect("zeropage_errno", None if refused == "ok" else refused, "EINVAL")
+        key = "ZEROPAGE accepted" if refused == "ok" else f"ZEROPAGE -> {refused}"
+        return check.observation(key=key)
     reader = Background(region.touch, 0)
     fault = next_event(uffd, timeout=5)
     resolved = uffd.zeropage(region.addr, region.page_size) if fault else 0
     reader.value(5)
     zeros = region.verify(b"\0", 0, region.page_size)
     region.write(b"after", 0)
-    facts = {
-        "fault": fault.fault_kind if fault else None,
-        "fault_was_write": fault.is_write if fault else None,
-        "bytes_zeroed": resolved,
-        "reads_zero": zeros,
-        "write_after_zeropage": region.read(0, 5) == b"after",
-    }
-    ok = bool(fault) and resolved == region.page_size and zeros and facts["write_after_zeropage"]
-    return Observation(facts, ok, f"zeropage={resolved} zeros={zeros}", "" if ok else str(facts))
+    check.expect("fault", fault.fault_kind if fault else None, "missing")
+    check.fact("fault_was_write", fault.is_write if fault else None)
+    check.expect("bytes_zeroed", resolved, region.page_size)
+    check.expect("reads_zero", zeros, True)
+    check.expect("write_after_zeropage", region.read(0, 5) == b"after", True)
+    return check.observation(key=f"zeropage={resolved} zeros={zeros}")
 
 
 @scenario(
@@ -142,6 +129,7 @@ def missing_zeropage(ctx: Context) -> Observation:
     checks="with EXACT_ADDRESS (5.18) the fault message carries the exact faulting address; "
     "without it the address is masked to the page",
     memory=("anon",),
+    modes=RegisterMode.MISSING,
     features=Feature.EXACT_ADDRESS,
 )
 def exact_address(ctx: Context) -> Observation:
@@ -149,21 +137,19 @@ def exact_address(ctx: Context) -> Observation:
     observed = {}
     for label, features in (("exact", Feature.EXACT_ADDRESS), ("default", Feature(0))):
         region = ctx.region(1)
-        uffd = ctx.uffd(features)
+        uffd = ctx.uffd(features | ctx.mode_features(RegisterMode.MISSING))
         uffd.register(region)
         reader = Background(lambda r=region: r.read(offset, 1))
         fault = next_event(uffd, timeout=5)
         uffd.zeropage(region)
         reader.value(5)
         observed[label] = (fault.address - region.addr) if fault else None
-    facts = {"offset_with_exact_address": observed["exact"], "offset_without": observed["default"]}
-    ok = observed["exact"] == offset and observed["default"] == 0
-    return Observation(
-        facts,
-        ok,
-        f"exact={observed['exact']:#x}" if observed["exact"] is not None else "no fault",
-        "" if ok else str(facts),
-    )
+    check = Checks()
+    check.expect("offset_with_exact_address", observed["exact"], offset)
+    # Without it the kernel masks uffd_msg.pagefault.address to the page (PAGE_MASK).
+    check.expect("offset_without", observed["default"], 0)
+    exact = observed["exact"]
+    return check.observation(key=f"exact={exact:#x}" if exact is not None else "no fault")
 
 
 @scenario(
@@ -171,11 +157,12 @@ def exact_address(ctx: Context) -> Observation:
     title="UFFD_FEATURE_THREAD_ID",
     checks="with THREAD_ID (4.14) the fault message carries the faulting thread's id",
     memory=("anon",),
+    modes=RegisterMode.MISSING,
     features=Feature.THREAD_ID,
 )
 def thread_id(ctx: Context) -> Observation:
     region = ctx.region(1)
-    uffd = ctx.uffd(Feature.THREAD_ID)
+    uffd = ctx.uffd(Feature.THREAD_ID | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     tids: list[int] = []
 
@@ -187,11 +174,11 @@ def thread_id(ctx: Context) -> Observation:
     fault = next_event(uffd, timeout=5)
     uffd.zeropage(region)
     toucher.value(5)
-    facts = {"fault_thread_id": fault.thread_id if fault else None, "toucher_tid": tids[0]}
-    ok = fault is not None and fault.thread_id == tids[0] and tids[0] != os.getpid()
-    return Observation(
-        facts, ok, f"ptid={facts['fault_thread_id']} tid={tids[0]}", "" if ok else str(facts)
-    )
+    check = Checks()
+    # uffd_msg.pagefault.feat.ptid: the faulting thread's id, not the process's.
+    check.expect("fault_thread_id", fault.thread_id if fault else None, tids[0])
+    check.expect_that("toucher_tid", tids[0], tids[0] != os.getpid(), "not the main thread's")
+    return check.observation(key=f"ptid={check.facts['fault_thread_id']} tid={tids[0]}")
 
 
 @scenario(
@@ -200,23 +187,19 @@ def thread_id(ctx: Context) -> Observation:
     checks="a page copied into a shared hugetlb mapping (4.11) is seen through a second "
     "mapping of the same memfd and by pread() of the memfd",
     memory=("hugetlb",),
-    features=Feature.MISSING_HUGETLBFS,
+    modes=RegisterMode.MISSING,
 )
 def hugetlb_shared_copy(ctx: Context) -> Observation:
     region = ctx.region(2)
-    uffd = ctx.uffd(Feature.MISSING_HUGETLBFS)
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     payload = (b"hugetlb-copy" * (region.page_size // 12 + 1))[: region.page_size]
     uffd.copy(region.addr, payload)
     second = region.alias()
-    via_alias = second.read(0, 12)
-    via_pread = region.pread(12, 0)
-    facts = {
-        "alias_sees": via_alias.decode(errors="replace"),
-        "pread_sees": via_pread.decode(errors="replace"),
-    }
-    ok = via_alias == via_pread == b"hugetlb-copy"
-    return Observation(facts, ok, f"alias={ok}", "" if ok else str(facts))
+    check = Checks()
+    check.expect("alias_sees", second.read(0, 12).decode(errors="replace"), "hugetlb-copy")
+    check.expect("pread_sees", region.pread(12, 0).decode(errors="replace"), "hugetlb-copy")
+    return check.observation(key=f"alias={check.ok}")
 
 
 @scenario(
@@ -225,48 +208,47 @@ def hugetlb_shared_copy(ctx: Context) -> Observation:
     checks="with the page in the page cache but no PTE, a touch raises a MINOR fault "
     "(5.13 hugetlbfs, 5.14 shmem) and UFFDIO_CONTINUE maps the cached page unchanged",
     memory=SHARED_KINDS + ("hugetlb-private",),
+    modes=RegisterMode.MINOR,
 )
 def minor_continue(ctx: Context) -> Observation:
     region = ctx.region(2)
-    uffd = ctx.uffd(ctx.mode_features("minor"))
-    cache_view = region if ctx.memory is MemoryKind.SHMEM else region.alias()
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MINOR))
+    # Fill the page cache through a second shared mapping where there is a backing fd to
+    # alias; MAP_SHARED|MAP_ANONYMOUS shmem has none, so it is filled through the region.
+    cache_view = region.alias() if region.fd >= 0 else region
     cache_view.fill(b"page-cache-16B.\n")
     uffd.register(region, mode=RegisterMode.MINOR)
-    region.madvise(sc.MADV_DONTNEED)  # drop the PTEs, keep the page cache
+    if cache_view is region:
+        # Zap the PTEs the fill made, keeping the page cache. Only here: hugetlb refuses
+        # MADV_DONTNEED before 5.18 ('mm: enable MADV_DONTNEED for hugetlb mappings').
+        region.madvise(sc.MADV_DONTNEED)
     reader = Background(region.touch, 1)
     fault = next_event(uffd, timeout=5)
     mapped = uffd.continue_(region.addr + region.page_size, region.page_size) if fault else 0
     reader.value(5)
     intact = region.verify(b"page-cache-16B.\n", region.page_size, region.page_size)
-    facts = {
-        "fault_kind": fault.fault_kind if fault else None,
-        "fault_flags": int(fault.flags) if fault else None,
-        "bytes_continued": mapped,
-        "content_is_page_cache": intact,
-    }
-    ok = bool(fault) and fault.is_minor and mapped == region.page_size and intact
-    return Observation(
-        facts,
-        ok,
-        f"fault={facts['fault_kind']} data={'ok' if intact else 'BAD'}",
-        "" if ok else str(facts),
-    )
+    check = Checks()
+    fault_kind = fault.fault_kind if fault else None
+    check.expect("fault_kind", fault_kind, "minor")
+    check.fact("fault_flags", int(fault.flags) if fault else None)
+    check.expect("bytes_continued", mapped, region.page_size)
+    check.expect("content_is_page_cache", intact, True)
+    return check.observation(key=f"fault={fault_kind} data={'ok' if intact else 'BAD'}")
 
 
 def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature], None], verb: str):
     """Run ``touch`` in a child; the kernel must kill it with SIGBUS."""
-    features = ctx.mode_features("missing")
+    features = ctx.mode_features(RegisterMode.MISSING)
     outcome = run_in_child(touch, ctx.memory.value, features, timeout=10)
     signal_name = signal.Signals(outcome.signal).name if outcome.signal else None
-    facts = {"child": outcome.status, "signal": signal_name}
+    check = Checks()
+    check.expect("child", outcome.status, "crashed")
+    check.expect("signal", signal_name, "SIGBUS")
     if outcome.status == "raised":
-        facts["error"] = str(outcome.exception)
+        check.fact("error", str(outcome.exception))
     if outcome.status == "timeout":
-        facts["note"] = "the toucher blocked waiting for a handler"
-    ok = outcome.status == "crashed" and signal_name == "SIGBUS"
-    return Observation(
-        facts, ok, f"{verb} -> {signal_name or outcome.status}", "" if ok else str(facts)
-    )
+        check.fact("note", "the toucher blocked waiting for a handler")
+    return check.observation(key=f"{verb} -> {signal_name or outcome.status}")
 
 
 def _poison_then_touch(kind: str, features: Feature) -> None:
@@ -283,6 +265,7 @@ def _poison_then_touch(kind: str, features: Feature) -> None:
     checks="a page marked with UFFDIO_POISON (6.6) raises SIGBUS on access, like a "
     "hardware memory error",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.POISON,
 )
 def poison(ctx: Context) -> Observation:
@@ -302,6 +285,7 @@ def _touch_with_sigbus_feature(kind: str, features: Feature) -> None:
     checks="with SIGBUS (4.14) a missing fault raises SIGBUS instead of queueing a message, "
     "so nothing ever waits for a handler",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.SIGBUS,
 )
 def sigbus_feature(ctx: Context) -> Observation:

@@ -1,37 +1,113 @@
-"""What a scenario is: declared data plus one function, and what it returns."""
+"""What a scenario is: declared data plus one function, and what it returns.
+
+A scenario declares everything that decides whether it can run: the register modes it
+uses (their features per memory kind come from the memory-kind table), the features it
+needs besides, a minimum kernel, and the operations whose kernel support differs by kind.
+``Scenario.requirements`` turns that into version gates, which serve both the runner's
+skip (before any fork) and the matrix's skip expectations.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ..abi import FEATURE_SINCE, Feature, flag_names
+from ..abi import (
+    FEATURE_SINCE,
+    Feature,
+    RegisterMode,
+    flag_names,
+    missing_features,
+    missing_features_reason,
+)
 from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
+from ..memory import CATALOGUE_KINDS, SPECS, kinds_where
 
 Verdict = Literal["pass", "known-bug", "fail", "skip", "error", "hang"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "known-bug", "fail", "skip", "error", "hang")
 BAD_VERDICTS = frozenset({"fail", "error", "hang"})
 
-SMALL_PAGE_KINDS = ("anon", "shmem", "memfd")
-HUGETLB_KINDS = ("hugetlb", "hugetlb-private")
-ALL_KINDS = SMALL_PAGE_KINDS + HUGETLB_KINDS
-SHARED_KINDS = ("shmem", "memfd", "hugetlb")
+ALL_KINDS = CATALOGUE_KINDS
+SMALL_PAGE_KINDS = kinds_where(lambda spec: not spec.is_hugetlb)
+HUGETLB_KINDS = kinds_where(lambda spec: spec.is_hugetlb)
+SHARED_KINDS = kinds_where(lambda spec: spec.shared)
 
 
 class Skip(Exception):
     """Raised by a scenario that cannot run here; the message is the precise reason."""
 
 
+class Matcher:
+    """A fact value a known bug's signature accepts other than by equality."""
+
+    def __call__(self, value: Any) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class NonEmpty(Matcher):
+    def __call__(self, value: Any) -> bool:
+        return bool(value)
+
+    def __str__(self) -> str:
+        return "non-empty"
+
+
+@dataclass(frozen=True)
+class AtLeast(Matcher):
+    bound: int
+
+    def __call__(self, value: Any) -> bool:
+        return isinstance(value, int) and value >= self.bound
+
+    def __str__(self) -> str:
+        return f">= {self.bound}"
+
+
+def fact_at(facts: Mapping[str, Any], path: str) -> Any:
+    """The fact at a dotted ``path`` ("without_event_fork.child_wp_pages"), None if absent."""
+    value: Any = facts
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    return wanted(value) if isinstance(wanted, Matcher) else value == wanted
+
+
 @dataclass(frozen=True)
 class KnownBug:
-    """A documented kernel bug: which kernels carry the fix and what the bug looks like."""
+    """A documented kernel bug: which kernels carry the fix and what the bug looks like.
+
+    ``shows`` is the signature as data: alternatives, each a map of fact paths to the value
+    (or Matcher) a buggy kernel shows. A failing observation is the known bug only when one
+    alternative matches it whole on one of the ``memory`` kinds the bug can affect.
+    """
 
     fixed_in: str  # mainline release, e.g. "6.4"
     fix: str  # the fix's subject line
     signature: str  # what a buggy kernel shows, in words
     backports: tuple[str, ...] = ()  # stable releases carrying the fix, e.g. "6.12.11"
+    shows: tuple[Mapping[str, Any], ...] = ()
+    memory: tuple[str, ...] | None = None  # None: every kind
+
+    def showing(self, *alternatives: Mapping[str, Any], **facts: Any) -> KnownBug:
+        """This bug with its signature in one scenario's facts."""
+        shows = tuple(alternatives) + ((facts,) if facts else ())
+        return replace(self, shows=shows)
+
+    def shown_by(self, facts: Mapping[str, Any], memory: str) -> bool:
+        if self.memory is not None and memory not in self.memory:
+            return False
+        return any(
+            all(_matches(fact_at(facts, path), wanted) for path, wanted in alternative.items())
+            for alternative in self.shows
+        )
 
     def fixed_on(self, kernel: KernelVersion) -> bool:
         if kernel >= parse_version(self.fixed_in):
@@ -46,14 +122,21 @@ class KnownBug:
 
 @dataclass
 class Observation:
-    """What the kernel did. ``ok``: it behaved as a fixed kernel should. ``buggy``: the
-    observation matches the scenario's known-bug signature."""
+    """What the kernel did. ``ok``: it behaved as a fixed kernel should; otherwise
+    ``reason`` names what differed."""
 
     facts: dict[str, Any]
     ok: bool
     key: str
     reason: str = ""
-    buggy: bool = False
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A requirement met on kernels from ``since`` on; ``reason`` says what needs it."""
+
+    since: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -63,28 +146,58 @@ class Scenario:
     checks: str  # one sentence naming the kernel change or bug
     run: Callable[[Any], Observation] = field(repr=False)
     memory: tuple[str, ...] = ("anon",)
-    features: Feature = Feature(0)  # needed on every memory kind
+    modes: RegisterMode = RegisterMode(0)  # every register mode the scenario uses
+    features: Feature = Feature(0)  # needed on every memory kind, besides the modes'
     min_kernel: str | None = None
+    uses: tuple[str, ...] = ()  # operations gated per kind in the table: "mremap", "zap", "drop"
     needs_root: bool = False
     timeout: float | None = None  # seconds; None: the runner's default
-    hugepages: int = 4  # 2 MiB pages a hugetlb run of this scenario maps at most
+    hugepages: int = 4  # hugetlb pages a hugetlb run of this scenario maps at most
     known_bug: KnownBug | None = None
 
-    def skip_reason(self, kernel: KernelVersion, offered: Feature, is_root: bool) -> str | None:
+    def __post_init__(self) -> None:
+        for kind in self.memory:
+            if not SPECS[kind].supports(self.modes):
+                raise ValueError(f"{self.id}: {kind} memory does not support {self.modes!r}")
+
+    def features_on(self, kind: str) -> Feature:
+        """Every feature bit this scenario needs on ``kind``: its own and its modes'."""
+        return self.features | SPECS[kind].mode_features(self.modes)
+
+    def requirements(self, kind: str) -> list[Gate]:
+        """The kernel releases this scenario needs on ``kind``, each with what needs it."""
+        gates = []
+        if self.min_kernel:
+            gates.append(Gate(self.min_kernel, f"needs kernel >= {self.min_kernel}"))
+        for name in flag_names(self.features_on(kind)):
+            major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
+            if (major, minor) > (0, 0):
+                gates.append(
+                    Gate(f"{major}.{minor}", f"UFFD_FEATURE_{name} (added in {major}.{minor})")
+                )
+        for operation in self.uses:
+            gate = SPECS[kind].gates.get(operation)
+            if gate:
+                gates.append(
+                    Gate(gate.since, f"{operation} on {kind} needs {gate.since} ({gate.change})")
+                )
+        return gates
+
+    def skip_reason(
+        self, kernel: KernelVersion, offered: Feature, is_root: bool, kind: str = "anon"
+    ) -> str | None:
         if self.min_kernel and kernel < parse_version(self.min_kernel):
             return f"needs kernel >= {self.min_kernel}, running {kernel}"
-        missing = Feature(int(self.features) & ~int(offered))
+        missing = missing_features(self.features_on(kind), offered)
         if missing:
             return missing_features_reason(missing)
+        for operation in self.uses:
+            gate = SPECS[kind].gates.get(operation)
+            if gate and kernel < parse_version(gate.since):
+                return (
+                    f"{operation} on {kind} memory needs kernel >= {gate.since} "
+                    f"({gate.change}), running {kernel}"
+                )
         if self.needs_root and not is_root:
             return "needs root"
         return None
-
-
-def missing_features_reason(missing: Feature) -> str:
-    parts = []
-    for name in flag_names(missing):
-        since = FEATURE_SINCE.get(Feature[name]) if name in Feature.__members__ else None
-        added = f" (added in {since[0]}.{since[1]})" if since else ""
-        parts.append(f"UFFD_FEATURE_{name}{added}")
-    return "kernel lacks " + ", ".join(parts)

@@ -10,20 +10,21 @@ or CONFIG_HIGHPTE to show, so no known bug is encoded here.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 from .. import syscalls as sc
-from .._native import ffi, lib
 from ..abi import Feature, Ioctl, MoveMode, RegisterMode
 from ..errors import UffdError
 from ..events import PagefaultEvent
 from ..maps import read_smaps_range
-from ..memory import HUGE_PAGE_SIZE, PAGE_SIZE, MemoryKind, Region
+from ..memory import PAGE_SIZE, MemoryKind, Region, Reservation, pmd_size
 from ..pagemap import Pagemap
 from ..uffd import Userfaultfd
+from .checks import Checks
 from .context import Background, Context, next_event
-from .model import Observation
+from .model import Observation, fact_at
 from .registry import scenario
 
 SEED = 0x30E
@@ -115,27 +116,35 @@ def _errors(ctx: Context, uffd: Userfaultfd, dst: Region) -> dict[str, Any]:
     return facts
 
 
-def _huge_aligned(ctx: Context, count: int) -> int:
-    """A 2 MiB aligned address inside a fresh anon region with room for ``count`` PMDs."""
-    room = ctx.region((count + 1) * HUGE_PAGE_SIZE // PAGE_SIZE)
-    return (room.addr + HUGE_PAGE_SIZE - 1) & ~(HUGE_PAGE_SIZE - 1)
+def _pmd_aligned(rooms: ExitStack, count: int) -> Region:
+    """``count`` PMD-aligned PMDs of private anonymous memory between PROT_NONE guards.
+    The reservation (owned by ``rooms``) owns the address space; the Region only views it."""
+    size = pmd_size()
+    room = rooms.enter_context(Reservation(count * size, align=size))
+    flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
+    addr = sc.mmap(room.start, count * size, sc.PROT_RW, flags)
+    return Region(addr, count * size, MemoryKind.ANON, page_size=PAGE_SIZE)
 
 
 def _thp(ctx: Context, uffd: Userfaultfd) -> dict[str, Any]:
     """Move out of a transparent huge page: one 4 KiB page (the kernel splits the folio)
     and a whole PMD (moved as one huge entry)."""
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
-        mode = setting.read().split("[")[1].split("]")[0]
-    if mode == "never":
+    mode = ctx.system.thp_enabled
+    if mode in (None, "never"):
         return {"skipped": "transparent hugepages disabled"}
-    src_addr = _huge_aligned(ctx, 2)
-    sc.madvise(src_addr, 2 * HUGE_PAGE_SIZE, sc.MADV_HUGEPAGE)
-    src = Region(src_addr, 2 * HUGE_PAGE_SIZE, MemoryKind.ANON, page_size=PAGE_SIZE)
+    with ExitStack() as rooms:
+        return _thp_moves(uffd, rooms, mode)
+
+
+def _thp_moves(uffd: Userfaultfd, rooms: ExitStack, mode: str) -> dict[str, Any]:
+    size = pmd_size()
+    src = _pmd_aligned(rooms, 2)
+    src.madvise(sc.MADV_HUGEPAGE)
     src.fill_indexed(SEED)
-    dst_addr = _huge_aligned(ctx, 1)
-    dst = Region(dst_addr, HUGE_PAGE_SIZE, MemoryKind.ANON, page_size=PAGE_SIZE)
+    dst = _pmd_aligned(rooms, 1)
     uffd.register(dst)
     expected_page = src.read(5 * PAGE_SIZE, PAGE_SIZE)
+    expected_pmd = src.read(size, size)  # the second PMD, moved whole below
     huge = sum(vma.counters.anon_huge_pages for vma in read_smaps_range(src.addr, src.end))
     facts: dict[str, Any] = {"thp_enabled": mode, "src_anon_huge_bytes": huge}
     facts["split_move"] = _attempt(lambda: uffd.move(dst.addr, src.addr + 5 * PAGE_SIZE, PAGE_SIZE))
@@ -144,17 +153,17 @@ def _thp(ctx: Context, uffd: Userfaultfd) -> dict[str, Any]:
     )
     facts["split_neighbours_intact"] = (
         src.find_indexed_mismatch(SEED, 0, 5) is None
-        and src.find_indexed_mismatch(SEED, 6, HUGE_PAGE_SIZE // PAGE_SIZE - 6) is None
+        and src.find_indexed_mismatch(SEED, 6, size // PAGE_SIZE - 6) is None
     )
-    whole_dst = _huge_aligned(ctx, 1)
-    whole = Region(whole_dst, HUGE_PAGE_SIZE, MemoryKind.ANON, page_size=PAGE_SIZE)
+    whole = _pmd_aligned(rooms, 1)
     uffd.register(whole)
-    second = src.addr + HUGE_PAGE_SIZE
-    facts["pmd_move"] = _attempt(lambda: uffd.move(whole.addr, second, HUGE_PAGE_SIZE))
-    pages = HUGE_PAGE_SIZE // PAGE_SIZE
-    facts["pmd_move_data_ok"] = all(
-        e["present"] for e in _pagemap(whole.addr, pages)
-    ) and _holds_indexed(whole.addr, pages, pages)
+    second = src.addr + size
+    facts["pmd_move"] = _attempt(lambda: uffd.move(whole.addr, second, size))
+    pages = size // PAGE_SIZE
+    # Read dst only when every page is there: a missing one would block in a fault.
+    facts["pmd_move_data_ok"] = (
+        all(e["present"] for e in _pagemap(whole.addr, pages)) and whole.read() == expected_pmd
+    )
     facts["pmd_move_src_unmapped"] = not any(e["present"] for e in _pagemap(second, pages))
     facts["pmd_move_dst_anon_huge_bytes"] = sum(
         vma.counters.anon_huge_pages for vma in read_smaps_range(whole.addr, whole.end)
@@ -162,13 +171,17 @@ def _thp(ctx: Context, uffd: Userfaultfd) -> dict[str, Any]:
     return facts
 
 
-def _holds_indexed(addr: int, pages: int, first_index: int) -> bool:
-    """The ``pages`` pages at ``addr`` hold fill_indexed(SEED) content of pages
-    ``first_index``... (checked in C, without the GIL)."""
-    at = lib.uh_find_indexed_mismatch(
-        ffi.cast("char *", addr), pages * PAGE_SIZE, PAGE_SIZE, SEED, first_index
-    )
-    return at < 0
+def _expect_part(
+    check: Checks, part: str, observed: dict[str, Any], expected: Mapping[str, Any]
+) -> None:
+    """Record ``observed`` as fact ``part``; each expected field (a dotted path inside it)
+    that differs is a problem named by its full path: "bulk.bytes: 0, expected 32768"."""
+    fields = Checks()
+    for path, wanted in expected.items():
+        fields.expect(path, fact_at(observed, path), wanted)
+    check.fact(part, observed)
+    for problem in fields.problems:
+        check.problem(f"{part}.{problem}")
 
 
 @scenario(
@@ -179,76 +192,82 @@ def _holds_indexed(addr: int, pages: int, first_index: int) -> bool:
     "resolved by a move, a populated dst gives EEXIST, a source hole ENOENT unless "
     "ALLOW_SRC_HOLES, a populated page part way stops the move with EAGAIN and the count",
     memory=("anon",),
+    modes=RegisterMode.MISSING,
     features=Feature.MOVE,
     min_kernel="6.8",
 )
 def move(ctx: Context) -> Observation:
-    uffd = ctx.uffd(Feature.MOVE)
+    uffd = ctx.uffd(Feature.MOVE | ctx.mode_features(RegisterMode.MISSING))
     dst = ctx.region(2 * PAGES + 4)
     allowed = uffd.register(dst, mode=RegisterMode.MISSING)
-    facts: dict[str, Any] = {"move_ioctl_offered": bool(allowed & Ioctl.MOVE)}
-    facts["bulk"] = _bulk(ctx, uffd, dst)
-    facts["fault_driven"] = _fault_driven(ctx, uffd, dst, PAGES + 1)
-    facts["errors"] = _errors(ctx, uffd, dst)
-    facts["thp"] = _thp(ctx, uffd)
-    problems = _judge(facts)
-    bulk, errors = facts["bulk"], facts["errors"]
+    check = Checks({"move_ioctl_offered": bool(allowed & Ioctl.MOVE)})
+    page = PAGE_SIZE
+    bulk = _bulk(ctx, uffd, dst)
+    _expect_part(
+        check,
+        "bulk",
+        bulk,
+        {
+            "result": "ok",
+            "bytes": PAGES * page,
+            "dst_data_intact": True,
+            "dst_present": True,
+            "src_unmapped": True,
+            "src_reads_zero": True,
+        },
+    )
+    if bulk["pfns_moved_not_copied"] is False:  # None: no PFNs without CAP_SYS_ADMIN
+        check.problem("bulk: dst frames differ from the source frames (copied, not moved)")
+    _expect_part(
+        check,
+        "fault_driven",
+        _fault_driven(ctx, uffd, dst, PAGES + 1),
+        {
+            "fault": "missing",
+            "fault_page": PAGES + 1,
+            "result": "ok",
+            "toucher_finished": True,
+            "toucher_read": "moved-on-fault..",
+        },
+    )
+    errors = _errors(ctx, uffd, dst)
+    # move_pages(): EEXIST onto a populated dst, ENOENT from a src hole unless
+    # UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES; stopping part way gives EAGAIN with uffdio_move.move
+    # holding the bytes moved.
+    _expect_part(
+        check,
+        "errors",
+        errors,
+        {
+            "onto_populated_dst": {"result": "EEXIST", "bytes": 0},
+            "src_kept_after_eexist": True,
+            "from_src_hole": {"result": "ENOENT", "bytes": 0},
+            "dst_still_empty_after_enoent": True,
+            "allow_src_holes": {"result": "ok", "bytes": 4 * page},
+            "allow_src_holes_dst_present": [True, False, True, False],
+            "stops_at_populated_dst": {"result": "EAGAIN", "bytes": page},
+        },
+    )
+    thp = _thp(ctx, uffd)
+    _expect_part(
+        check,
+        "thp",
+        thp,
+        {}
+        if "skipped" in thp
+        else {
+            "split_move.result": "ok",
+            "split_move_data_ok": True,
+            "split_neighbours_intact": True,
+            "pmd_move.result": "ok",
+            "pmd_move_data_ok": True,
+            "pmd_move_src_unmapped": True,
+        },
+    )
     key = (
         f"bulk={bulk['result']} data={'ok' if bulk['dst_data_intact'] else 'BAD'}; "
         f"onto populated={errors['onto_populated_dst']['result']}, "
         f"src hole={errors['from_src_hole']['result']}, "
         f"holes allowed={errors['allow_src_holes']['result']}"
     )
-    return Observation(facts, not problems, key, "; ".join(problems))
-
-
-def _judge(facts: dict[str, Any]) -> list[str]:
-    page = PAGE_SIZE
-    expected = {
-        ("bulk", "result"): "ok",
-        ("bulk", "bytes"): PAGES * page,
-        ("bulk", "dst_data_intact"): True,
-        ("bulk", "dst_present"): True,
-        ("bulk", "src_unmapped"): True,
-        ("bulk", "src_reads_zero"): True,
-        ("fault_driven", "fault"): "missing",
-        ("fault_driven", "fault_page"): PAGES + 1,
-        ("fault_driven", "result"): "ok",
-        ("fault_driven", "toucher_finished"): True,
-        ("fault_driven", "toucher_read"): "moved-on-fault..",
-        ("errors", "src_kept_after_eexist"): True,
-        ("errors", "dst_still_empty_after_enoent"): True,
-        ("errors", "allow_src_holes_dst_present"): [True, False, True, False],
-    }
-    problems = [
-        f"{a}.{b}={facts[a][b]!r} (expected {want!r})"
-        for (a, b), want in expected.items()
-        if facts[a][b] != want
-    ]
-    if facts["bulk"]["pfns_moved_not_copied"] is False:
-        problems.append("bulk: dst frames differ from the source frames (copied, not moved)")
-    errors = facts["errors"]
-    for name, want in (
-        ("onto_populated_dst", {"result": "EEXIST", "bytes": 0}),
-        ("from_src_hole", {"result": "ENOENT", "bytes": 0}),
-        ("allow_src_holes", {"result": "ok", "bytes": 4 * page}),
-        ("stops_at_populated_dst", {"result": "EAGAIN", "bytes": page}),
-    ):
-        if errors[name] != want:
-            problems.append(f"{name}: {errors[name]} (expected {want})")
-    thp = facts["thp"]
-    if "skipped" not in thp:
-        for name in ("split_move", "pmd_move"):
-            if thp[name]["result"] != "ok":
-                problems.append(f"thp {name}: {thp[name]}")
-        for name in (
-            "split_move_data_ok",
-            "split_neighbours_intact",
-            "pmd_move_data_ok",
-            "pmd_move_src_unmapped",
-        ):
-            if not thp[name]:
-                problems.append(f"thp {name} false")
-    if problems:
-        problems.append(json.dumps(facts))
-    return problems
+    return check.observation(key=key)

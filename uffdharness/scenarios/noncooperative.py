@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 
 from .. import syscalls as sc
-from .._native import lib
 from ..abi import Feature, RegisterMode
-from ..errors import UffdError
-from ..events import ForkEvent, RemapEvent, RemoveEvent, UnmapEvent
+from ..events import Event, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent
+from .checks import Checks, errno_of
 from .context import Background, Context, next_event
-from .model import ALL_KINDS, SMALL_PAGE_KINDS, Observation, Skip
+from .model import ALL_KINDS, SMALL_PAGE_KINDS, Observation
 from .registry import scenario
 
+ADVICE_NAMES = {sc.MADV_DONTNEED: "MADV_DONTNEED", sc.MADV_REMOVE: "MADV_REMOVE"}
 
-def _event_facts(event) -> dict:
+
+def _event_facts(event: Event | None) -> dict:
     if event is None:
         return {"event": None}
     facts = {"event": type(event).__name__}
@@ -24,10 +25,16 @@ def _event_facts(event) -> dict:
     return facts
 
 
-def _judge_event(event, expected, facts: dict | None = None) -> Observation:
-    facts = {**(facts or {}), **_event_facts(event)}
-    ok = event == expected
-    return Observation(facts, ok, f"event={facts['event']}", "" if ok else f"expected {expected}")
+def _expect_event(check: Checks, event: Event | None, expected: Event) -> Observation:
+    """The event read must be ``expected``: its type, then each field."""
+    observed = _event_facts(event)
+    if check.expect("event", observed["event"], type(expected).__name__):
+        for name, wanted in _event_facts(expected).items():
+            check.expect(name, observed[name], wanted)
+    else:
+        for name, value in observed.items():
+            check.fact(name, value)
+    return check.observation(key=f"event={observed['event']}")
 
 
 @scenario(
@@ -36,25 +43,30 @@ def _judge_event(event, expected, facts: dict | None = None) -> Observation:
     checks="fork() of a process with registered memory and EVENT_FORK (4.11) blocks until "
     "the event is read and hands over a new uffd for the child",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.EVENT_FORK,
 )
 def event_fork(ctx: Context) -> Observation:
     region = ctx.region(2)
-    uffd = ctx.uffd(Feature.EVENT_FORK | ctx.mode_features("missing"))
+    uffd = ctx.uffd(Feature.EVENT_FORK | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
-    forker = Background(lib.uh_fork_and_exit, 0)
-    blocked_until_read = not forker.finished(0.2)
+    # dup_userfaultfd_complete() makes fork() wait until the handler has read the event.
+    forker = Background(sc.fork_and_exit, 0)
+    check = Checks()
+    check.fact("fork_blocked_until_read", not forker.finished(0.2))
     event = next_event(uffd, timeout=5)
     pid = forker.value(5)
-    _, status = os.waitpid(pid, 0) if pid > 0 else (0, -1)
-    facts = {"fork_blocked_until_read": blocked_until_read, **_event_facts(event)}
+    _, status = os.waitpid(pid, 0)
+    for name, value in _event_facts(event).items():
+        check.fact(name, value)
+    check.expect("event", check.facts["event"], ForkEvent.__name__)
     if isinstance(event, ForkEvent):
-        facts["child_uffd_is_new_fd"] = event.uffd.fileno() not in (uffd.fileno(), -1)
-        facts["child_uffd_api_ioctls"] = event.uffd.fileno() >= 0
+        child_uffd = event.uffd.fileno()
+        check.expect("child_uffd_is_new_fd", child_uffd not in (uffd.fileno(), -1), True)
+        check.fact("child_uffd_api_ioctls", child_uffd >= 0)
         event.uffd.close()
-    facts["child_exit_status"] = status
-    ok = isinstance(event, ForkEvent) and facts.get("child_uffd_is_new_fd") and pid > 0
-    return Observation(facts, bool(ok), f"event={facts['event']}", "" if ok else str(facts))
+    check.fact("child_exit_status", status)
+    return check.observation(key=f"event={check.facts['event']}")
 
 
 @scenario(
@@ -63,11 +75,13 @@ def event_fork(ctx: Context) -> Observation:
     checks="mremap() of registered memory with EVENT_REMAP (4.11) reports the old and new "
     "address and the length",
     memory=SMALL_PAGE_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.EVENT_REMAP,
+    uses=("mremap",),
 )
 def event_remap(ctx: Context) -> Observation:
     region = ctx.region(4)
-    uffd = ctx.uffd(Feature.EVENT_REMAP | ctx.mode_features("missing"))
+    uffd = ctx.uffd(Feature.EVENT_REMAP | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     old, length = region.addr, region.length
     target = ctx.region(8, kind="anon")  # address space to move into
@@ -75,7 +89,7 @@ def event_remap(ctx: Context) -> Observation:
     mover = Background(region.mremap, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, destination)
     event = next_event(uffd, timeout=5)
     mover.value(5)
-    return _judge_event(event, RemapEvent(old, destination, length))
+    return _expect_event(Checks(), event, RemapEvent(old, destination, length))
 
 
 @scenario(
@@ -84,24 +98,23 @@ def event_remap(ctx: Context) -> Observation:
     checks="MADV_DONTNEED (and MADV_REMOVE on shmem) of registered memory with EVENT_REMOVE "
     "(4.11) reports the removed range",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.EVENT_REMOVE,
+    uses=("drop",),
 )
 def event_remove(ctx: Context) -> Observation:
     region = ctx.region(4)
-    uffd = ctx.uffd(Feature.EVENT_REMOVE | ctx.mode_features("missing"))
+    uffd = ctx.uffd(Feature.EVENT_REMOVE | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     page = ctx.page_size
-    advice = sc.MADV_DONTNEED if ctx.memory.value in ("anon", "hugetlb-private") else sc.MADV_REMOVE
+    # The advice that gives the pages back: both raise UFFD_EVENT_REMOVE
+    # (userfaultfd_remove() in madvise_dontneed_free() and madvise_remove()).
+    advice = ctx.spec.drop_advice
     advisor = Background(region.madvise, advice, page, 2 * page)
     event = next_event(uffd, timeout=5)
-    if event is None and advisor.finished(5) and isinstance(advisor.error, UffdError):
-        if ctx.memory.is_hugetlb and advisor.error.errno_name == "EINVAL":
-            # MADV_DONTNEED on hugetlb mappings arrived in 5.18 (90e7e7f5ef3f).
-            raise Skip(f"MADV_DONTNEED on hugetlb needs kernel >= 5.18: EINVAL on {ctx.kernel}")
     advisor.value(5)
-    advice_name = "MADV_DONTNEED" if advice == sc.MADV_DONTNEED else "MADV_REMOVE"
     expected = RemoveEvent(region.addr + page, region.addr + 3 * page)
-    return _judge_event(event, expected, {"advice": advice_name})
+    return _expect_event(Checks({"advice": ADVICE_NAMES[advice]}), event, expected)
 
 
 @scenario(
@@ -110,25 +123,18 @@ def event_remove(ctx: Context) -> Observation:
     checks="munmap() of part of a registered range with EVENT_UNMAP (4.11) reports the "
     "unmapped range",
     memory=ALL_KINDS,
+    modes=RegisterMode.MISSING,
     features=Feature.EVENT_UNMAP,
 )
 def event_unmap(ctx: Context) -> Observation:
     region = ctx.region(4)
-    uffd = ctx.uffd(Feature.EVENT_UNMAP | ctx.mode_features("missing"))
+    uffd = ctx.uffd(Feature.EVENT_UNMAP | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     page = ctx.page_size
     unmapper = Background(sc.munmap, region.addr + page, page)
     event = next_event(uffd, timeout=5)
     unmapper.value(5)
-    return _judge_event(event, UnmapEvent(region.addr + page, region.addr + 2 * page))
-
-
-def _attempt(label: str, call, outcomes: dict) -> None:
-    try:
-        call()
-        outcomes[label] = "ok"
-    except UffdError as exc:
-        outcomes[label] = exc.errno_name
+    return _expect_event(Checks(), event, UnmapEvent(region.addr + page, region.addr + 2 * page))
 
 
 @scenario(
@@ -137,30 +143,33 @@ def _attempt(label: str, call, outcomes: dict) -> None:
     checks="while an EVENT_REMOVE message is unread the mm is 'changing': COPY, ZEROPAGE "
     "and WRITEPROTECT fail with EAGAIN (mmap_changing, 4.17) and succeed once it is read",
     memory=("anon", "shmem", "memfd"),
+    modes=RegisterMode.MISSING | RegisterMode.WP,
     features=Feature.EVENT_REMOVE,
+    uses=("drop",),
 )
 def mmap_changing(ctx: Context) -> Observation:
     region = ctx.region(4)
-    features = Feature.EVENT_REMOVE | ctx.mode_features("missing", "wp")
-    uffd = ctx.uffd(features)
-    uffd.register(region, mode=RegisterMode.MISSING | RegisterMode.WP)
+    modes = RegisterMode.MISSING | RegisterMode.WP
+    uffd = ctx.uffd(Feature.EVENT_REMOVE | ctx.mode_features(modes))
+    uffd.register(region, mode=modes)
     page = ctx.page_size
     uffd.zeropage(region.addr + 3 * page, page)
-    advice = sc.MADV_DONTNEED if ctx.memory.value == "anon" else sc.MADV_REMOVE
-    advisor = Background(region.madvise, advice, 2 * page, page)
+    advisor = Background(region.madvise, ctx.spec.drop_advice, 2 * page, page)
     uffd.wait(5)  # the REMOVE message is queued: the mm is now "changing"
-    pending: dict[str, str] = {}
-    _attempt("copy", lambda: uffd.copy(region.addr, b"c" * page), pending)
-    _attempt("zeropage", lambda: uffd.zeropage(region.addr + page, page), pending)
-    _attempt("writeprotect", lambda: uffd.writeprotect(region.addr + 3 * page, page), pending)
+    operations = {
+        "copy": lambda: uffd.copy(region.addr, b"c" * page),
+        "zeropage": lambda: uffd.zeropage(region.addr + page, page),
+        "writeprotect": lambda: uffd.writeprotect(region.addr + 3 * page, page),
+    }
+    pending = {name: errno_of(call) for name, call in operations.items()}
     event = next_event(uffd, timeout=5)
     advisor.value(5)
-    after: dict[str, str] = {}
-    _attempt("copy", lambda: uffd.copy(region.addr, b"c" * page), after)
-    _attempt("zeropage", lambda: uffd.zeropage(region.addr + page, page), after)
-    _attempt("writeprotect", lambda: uffd.writeprotect(region.addr + 3 * page, page), after)
-    facts = {"while_pending": pending, "after_read": after, **_event_facts(event)}
-    ok = set(pending.values()) == {"EAGAIN"} and set(after.values()) == {"ok"}
-    return Observation(
-        facts, ok, f"pending={sorted(set(pending.values()))}", "" if ok else str(facts)
-    )
+    after = {name: errno_of(call) for name, call in operations.items()}
+    check = Checks()
+    # ctx->mmap_changing is set while a non-cooperative event is unread: every fill and
+    # UFFDIO_WRITEPROTECT refuses with EAGAIN so the handler sees the layout change first.
+    check.expect("while_pending", pending, dict.fromkeys(operations, "EAGAIN"))
+    check.expect("after_read", after, dict.fromkeys(operations, "ok"))
+    for name, value in _event_facts(event).items():
+        check.fact(name, value)
+    return check.observation(key=f"pending={sorted(set(pending.values()))}")

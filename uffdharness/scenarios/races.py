@@ -18,14 +18,14 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 from .. import syscalls as sc
 from ..abi import Feature, RegisterMode
 from ..errors import UffdError
-from ..memory import PAGE_SIZE, MemoryKind, Region
+from ..memory import PAGE_SIZE, KindSpec, MemoryKind, Region, Reservation
 from ..pagemap import Pagemap
 from ..uffd import Userfaultfd
+from .checks import Checks, errno_of
 from .context import Background, Context
 from .model import Observation
 from .registry import scenario
@@ -50,18 +50,18 @@ class Arena:
     a hole meanwhile, the slot is given up rather than clobbered.
     """
 
-    def __init__(self, kind: MemoryKind) -> None:
-        self.kind = kind
+    def __init__(self, spec: KindSpec) -> None:
+        self.spec = spec
         self.slot_length = REGION_PAGES * PAGE_SIZE
         self.slots = OP_REGIONS + CHURN_REGIONS
-        self.length = (self.slots + CHURN_REGIONS + 2) * self.slot_length
-        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE
-        self.base = sc.mmap(0, self.length, sc.PROT_NONE, flags)
+        # op/churn slots, one guard slot, the parking slots; a guard slot each side.
+        length = (self.slots + 1 + CHURN_REGIONS) * self.slot_length
+        self._reservation = Reservation(length, guard=self.slot_length)
 
     def slot(self, index: int) -> int:
-        """Slots 1..slots alternate op, churn, op, churn...; slot 0 and the last are
-        guards; parking slots follow."""
-        return self.base + (1 + index) * self.slot_length
+        """Slots 0..slots-1 alternate op, churn, op, churn...; one guard slot, then the
+        parking slots follow."""
+        return self._reservation.start + index * self.slot_length
 
     def parking(self, churn: int) -> int:
         return self.slot(self.slots + 1 + churn)
@@ -70,15 +70,14 @@ class Arena:
         """Map memory of the arena's kind at ``addr``: MAP_FIXED over our own reservation,
         MAP_FIXED_NOREPLACE where a hole was left (EEXIST if something else took it)."""
         fixed = sc.MAP_FIXED if replace else sc.MAP_FIXED_NOREPLACE
-        share = sc.MAP_PRIVATE if self.kind is MemoryKind.ANON else sc.MAP_SHARED
-        return sc.mmap(addr, length, sc.PROT_RW, share | sc.MAP_ANONYMOUS | fixed)
+        return sc.mmap(addr, length, sc.PROT_RW, self.spec.mmap_flags | fixed)
 
     def placeholder(self, addr: int, length: int) -> None:
         flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE
         sc.mmap(addr, length, sc.PROT_NONE, flags)
 
     def close(self) -> None:
-        sc.munmap(self.base, self.length)
+        self._reservation.close()
 
 
 def _tag(region: int, page: int, op: str, thread: int, serial: int) -> bytes:
@@ -135,6 +134,20 @@ def _verify(op: OpRegion, tally: Tally) -> None:
             tally.problems.append(f"op{op.index} page {page}: expected {tag!r}, read {found!r}")
 
 
+def _resolve(
+    uffd: Userfaultfd, name: str, dst: int, tag: bytes, source: Region | None, serial: int
+) -> None:
+    """Resolve one page at ``dst`` with operation ``name`` so that it holds ``tag``."""
+    if name == "COPY":
+        uffd.copy(dst, tag * (PAGE_SIZE // 16))
+    elif name == "ZEROPAGE":
+        uffd.zeropage(dst, PAGE_SIZE)
+    else:
+        slot = serial % source.pages
+        source.fill(tag, slot * PAGE_SIZE, PAGE_SIZE)
+        uffd.move(dst, source.page_addr(slot), PAGE_SIZE)
+
+
 def _resolver(
     thread: int,
     uffd: Userfaultfd,
@@ -155,18 +168,10 @@ def _resolver(
             serial += 1
             tag = ZERO_TAG if name == "ZEROPAGE" else _tag(op.index, page, name, thread, serial)
             dst = op.region.page_addr(page)
-            try:
-                if name == "COPY":
-                    uffd.copy(dst, tag * (PAGE_SIZE // 16))
-                elif name == "ZEROPAGE":
-                    uffd.zeropage(dst, PAGE_SIZE)
-                else:
-                    slot = serial % source.pages
-                    source.fill(tag, slot * PAGE_SIZE, PAGE_SIZE)
-                    uffd.move(dst, source.page_addr(slot), PAGE_SIZE)
-            except UffdError as exc:
-                tally.errnos[f"{name}:{exc.errno_name}"] += 1
-                if exc.errno_name == "EEXIST" and page not in op.expected:
+            outcome = errno_of(_resolve, uffd, name, dst, tag, source, serial)
+            if outcome != "ok":
+                tally.errnos[f"{name}:{outcome}"] += 1
+                if outcome == "EEXIST" and page not in op.expected:
                     tally.problems.append(f"op{op.index} page {page}: {name} EEXIST, unresolved")
             else:
                 if page in op.expected:
@@ -196,7 +201,7 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
         try:
             uffd.zeropage(churn.addr, length)  # populate without touching (no handler here)
         except UffdError as exc:
-            if exc.errno_name != "EEXIST":
+            if exc.errno_name != "EEXIST":  # part of the slot still populated
                 raise
         sc.madvise(churn.addr, length, sc.MADV_DONTNEED)
     elif action == "mremap_resize":
@@ -278,16 +283,19 @@ def _merge(tallies: list[Tally]) -> Tally:
     "re-register the neighbouring VMAs: resolved data stays intact, errors are only "
     "EAGAIN/ENOENT/EEXIST and nothing hangs (per-VMA locks in uffd operations, 6.9 era)",
     memory=("anon", "shmem"),
+    modes=RegisterMode.MISSING,
+    uses=("drop", "zap", "mremap"),
     timeout=20,
 )
 def per_vma_lock_race(ctx: Context) -> Observation:
-    features = ctx.mode_features("missing")
+    features = ctx.mode_features(RegisterMode.MISSING)
     operations: tuple[str, ...] = ("COPY", "ZEROPAGE")
-    if ctx.memory is MemoryKind.ANON and ctx.offered & Feature.MOVE:
+    # UFFDIO_MOVE (6.8) moves only private anonymous pages (EINVAL on shmem VMAs).
+    if ctx.spec.family == "anon" and ctx.offered & Feature.MOVE:
         features |= Feature.MOVE
         operations += ("MOVE",)
     uffd = ctx.uffd(features)
-    arena = Arena(ctx.memory)
+    arena = Arena(ctx.spec)
     try:
         return _race(ctx, uffd, arena, operations)
     finally:
@@ -297,7 +305,7 @@ def per_vma_lock_race(ctx: Context) -> Observation:
 def _race(
     ctx: Context, uffd: Userfaultfd, arena: Arena, operations: tuple[str, ...]
 ) -> Observation:
-    reset = sc.MADV_DONTNEED if ctx.memory is MemoryKind.ANON else sc.MADV_REMOVE
+    reset = ctx.spec.drop_advice  # the next touch of a reset page faults as missing again
     ops: list[OpRegion] = []
     churns: list[ChurnRegion] = []
     for index in range(OP_REGIONS + CHURN_REGIONS):
@@ -327,42 +335,36 @@ def _race(
             _verify(op, total)
 
     errnos = {name.split(":")[1] for name in total.errnos}
-    unexpected = sorted(errnos - ALLOWED_ERRNOS)
-    facts: dict[str, Any] = {
-        "seconds": round(elapsed, 3),
-        "threads": {"resolvers": RESOLVERS, "mutators": MUTATORS},
-        "layout": {
-            "op_regions": OP_REGIONS,
-            "churn_regions": CHURN_REGIONS,
-            "pages_each": REGION_PAGES,
-        },
-        "ops_done": dict(total.ops),
-        "op_errnos": dict(total.errnos),
-        "mutations_done": dict(total.mutations),
-        "mutation_errnos": dict(total.mutation_errnos),
-        "churn_slots_lost": {c.index: c.lost for c in churns if c.lost},
-        "region_cycles": total.cycles,
-        "pages_verified": total.pages_verified,
-        "data_problems": len(total.problems),
-        "first_problems": total.problems[:MAX_REPORTED],
-        "unexpected_errnos": unexpected,
-        "hung_threads": hung,
-        "thread_exceptions": [f"{type(e).__name__}: {e}" for e in errors],
-    }
-    reasons = []
-    if hung:
-        reasons.append(f"{hung} thread(s) still blocked {JOIN_GRACE} s after the deadline")
-    if errors:
-        reasons.append(f"thread exceptions: {facts['thread_exceptions']}")
-    if unexpected:
-        reasons.append(f"unexpected errnos {unexpected}: {facts['op_errnos']}")
-    if total.problems:
-        reasons.append(f"{len(total.problems)} data problems: {facts['first_problems']}")
+    check = Checks(
+        {
+            "seconds": round(elapsed, 3),
+            "threads": {"resolvers": RESOLVERS, "mutators": MUTATORS},
+            "layout": {
+                "op_regions": OP_REGIONS,
+                "churn_regions": CHURN_REGIONS,
+                "pages_each": REGION_PAGES,
+            },
+            "ops_done": dict(total.ops),
+            "op_errnos": dict(total.errnos),
+            "mutations_done": dict(total.mutations),
+            "mutation_errnos": dict(total.mutation_errnos),
+            "churn_slots_lost": {c.index: c.lost for c in churns if c.lost},
+            "region_cycles": total.cycles,
+            "pages_verified": total.pages_verified,
+            "data_problems": len(total.problems),
+        }
+    )
+    # Still blocked JOIN_GRACE s after the deadline: hung in the kernel.
+    check.expect("hung_threads", hung, 0)
+    check.expect("thread_exceptions", [f"{type(e).__name__}: {e}" for e in errors], [])
+    check.expect("unexpected_errnos", sorted(errnos - ALLOWED_ERRNOS), [])
+    check.expect_that(
+        "first_problems", total.problems[:MAX_REPORTED], not total.problems, "no data problems"
+    )
     if not hung and (not total.ops or not total.mutations):
-        reasons.append("the race did not happen: no operations or no mutations completed")
-    ok = not reasons
+        check.problem("the race did not happen: no operations or no mutations completed")
     key = (
         f"ops={sum(total.ops.values())} mutations={sum(total.mutations.values())} "
         f"errnos={sorted(errnos) or 'none'} data={'ok' if not total.problems else 'BAD'}"
     )
-    return Observation(facts, ok, key, "; ".join(reasons))
+    return check.observation(key=key)

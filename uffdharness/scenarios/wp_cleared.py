@@ -1,0 +1,172 @@
+"""How long the uffd-wp bit lives: it must go when the uffd is closed and when mremap()
+moves a range whose uffd does not follow it (no EVENT_REMAP). Both were kernel bugs with
+CVEs; the pagemap bit (57, 5.14) is what shows them, so both skip where it is invisible.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from .. import syscalls as sc
+from ..abi import Feature, RegisterMode
+from ..isolation import run_in_child
+from ..maps import uffd_vm_flags
+from ..memory import MemoryKind, Reservation, allocate
+from ..pagemap import region_view, wp_pages
+from ..system import kernel_warned
+from ..uffd import Userfaultfd
+from .checks import Checks
+from .context import Background, Context
+from .model import ALL_KINDS, KnownBug, NonEmpty, Observation
+from .registry import scenario
+from .wp import FINISH_TIMEOUT, SEED, pages_for, protected_pages, require_pagemap_uffd_wp
+
+# --- wp-cleared-on-close --------------------------------------------------------------------------
+
+WP_CLOSE_FIX = KnownBug(
+    fixed_in="6.9",
+    fix="mm/userfaultfd: reset ptes when close() for wr-protected ones",
+    signature="after close() of the last uffd reference the write-protected pages still "
+    "carry the uffd-wp bit in pagemap (CVE-2024-36881)",
+    # CVE record (cvelistV5 CVE-2024-36881): unaffected from 6.6.31 and 6.8.10.
+    backports=("6.6.31", "6.8.10"),
+)
+
+
+@scenario(
+    id="wp-cleared-on-close",
+    title="uffd-wp bits are cleared when the uffd is closed",
+    checks="closing the last reference to a uffd that write-protected pages must clear "
+    "their uffd-wp PTE bits and markers, as UFFDIO_UNREGISTER does (fixed by 'mm/"
+    "userfaultfd: reset ptes when close() for wr-protected ones', 6.9, CVE-2024-36881)",
+    memory=ALL_KINDS,
+    modes=RegisterMode.WP,
+    known_bug=WP_CLOSE_FIX.showing(wp_pages_after_close=NonEmpty()),
+)
+def wp_cleared_on_close(ctx: Context) -> Observation:
+    features = ctx.mode_features(RegisterMode.WP)
+    require_pagemap_uffd_wp(ctx)
+    pages = pages_for(ctx, 4, 3)
+    region = ctx.region(pages)
+    region.fill_indexed(SEED, 0, pages - 1)  # the last page stays unpopulated
+    uffd = ctx.uffd(features)
+    uffd.register(region, mode=RegisterMode.WP)
+    uffd.writeprotect(region)
+    before = region_view(region)
+    protected = wp_pages(region)
+    uffd.close()
+    after = region_view(region)
+    left = wp_pages(region)
+    vma_flags = uffd_vm_flags(region.addr, region.end)
+    writer = Background(region.touch, range(pages - 1), write=True)
+    write_finished = writer.finished(FINISH_TIMEOUT)
+
+    check = Checks({"pagemap_before_close": before})
+    check.expect("wp_pages_before_close", protected, protected_pages(ctx, pages))
+    check.fact("pagemap_after_close", after)
+    check.expect("wp_pages_after_close", left, [])
+    check.expect("uffd_vm_flags_after_close", vma_flags, [])
+    check.expect("write_after_close_finished", write_finished, True)
+    check.expect(
+        "data_intact",
+        write_finished and region.find_indexed_mismatch(SEED, 0, pages - 1) is None,
+        True,
+    )
+    return check.observation(f"wp pages after close={left} (before {protected})")
+
+
+# --- wp-cleared-on-mremap ---------------------------------------------------------------------
+
+WP_MREMAP_FIX = KnownBug(
+    fixed_in="6.13",
+    fix="mm: clear uffd-wp PTE/PMD state on mremap()",
+    signature="after mremap() of a write-protected range registered without EVENT_REMAP "
+    "the VMA loses VM_UFFD_WP but the moved PTEs keep the uffd-wp bit (CVE-2025-21696)",
+    # CVE record (kernel CNA, CVE-2025-21696): unaffected from 6.12.11.
+    backports=("6.12.11",),
+)
+
+
+def _protect_and_move(kind: MemoryKind, features: Feature, write: bool) -> dict[str, Any]:
+    """Protect a 3-page region, mremap it elsewhere, and report what the new range holds.
+    With ``write`` also write every moved page (run this in a child: a stale marker is
+    the kind of thing that could SIGBUS or hang)."""
+    page = kind.page_size
+    with (
+        Reservation(3 * page, align=page) as parking,
+        allocate(kind, 3) as region,
+        Userfaultfd.open(features) as uffd,
+    ):
+        region.fill_indexed(SEED, 0, 2)  # page 2 stays unpopulated
+        uffd.register(region, mode=RegisterMode.WP)
+        uffd.writeprotect(region)
+        old = region.addr
+        facts: dict[str, Any] = {"wp_pages_before": wp_pages(region)}
+        region.mremap(region.length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, parking.start)
+        facts["moved"] = region.addr != old
+        facts["pagemap_after_move"] = region_view(region)
+        facts["wp_pages_after_move"] = wp_pages(region)
+        facts["uffd_vm_flags_after_move"] = uffd_vm_flags(region.addr, region.end)
+        facts["events"] = len(uffd.read_events(timeout=0))
+        # mprotect(PROT_WRITE) over a PTE still marked uffd-wp is what made
+        # page_table_check WARN in the CVE report.
+        warned_before = kernel_warned()
+        region.mprotect(sc.PROT_READ)
+        region.mprotect(sc.PROT_RW)
+        facts["kernel_warned"] = kernel_warned() and not warned_before
+        facts["taint_warn_already_set"] = warned_before
+        if write:
+            writer = Background(region.touch, None, write=True)
+            facts["write_finished"] = writer.finished(FINISH_TIMEOUT)
+            facts["data_intact"] = (
+                facts["write_finished"] and region.find_indexed_mismatch(SEED, 0, 2) is None
+            )
+        return facts
+
+
+@scenario(
+    id="wp-cleared-on-mremap",
+    title="uffd-wp bits are cleared by mremap() without EVENT_REMAP",
+    checks="mremap() of a write-protected range whose uffd lacks EVENT_REMAP drops the "
+    "registration, so the moved PTEs must lose their uffd-wp bit and a write must neither "
+    "fault nor SIGBUS (fixed by 'mm: clear uffd-wp PTE/PMD state on mremap()', 6.13, "
+    "CVE-2025-21696)",
+    memory=ALL_KINDS,
+    modes=RegisterMode.WP,
+    uses=("mremap",),
+    known_bug=WP_MREMAP_FIX.showing(wp_pages_after_move=NonEmpty()),
+)
+def wp_cleared_on_mremap(ctx: Context) -> Observation:
+    features = ctx.mode_features(RegisterMode.WP)
+    require_pagemap_uffd_wp(ctx)
+    moved = _protect_and_move(ctx.memory, features, write=False)
+    outcome = run_in_child(_protect_and_move, ctx.memory, features, True, timeout=10)
+    access: dict[str, Any] = {"child": outcome.status}
+    if outcome.status == "ok":
+        access.update(
+            {k: outcome.value[k] for k in ("write_finished", "data_intact", "wp_pages_after_move")}
+        )
+    elif outcome.signal:
+        access["signal"] = signal.Signals(outcome.signal).name
+    elif outcome.exception is not None:
+        access["error"] = str(outcome.exception)
+    write_ok = access.get("write_finished") is True and access.get("data_intact") is True
+
+    check = Checks(moved)
+    check.expect("moved", moved["moved"], True)
+    check.expect("wp_pages_before", moved["wp_pages_before"], protected_pages(ctx, 3))
+    check.expect("wp_pages_after_move", moved["wp_pages_after_move"], [])
+    check.expect("uffd_vm_flags_after_move", moved["uffd_vm_flags_after_move"], [])
+    check.expect("events", moved["events"], 0)
+    check.expect("kernel_warned", moved["kernel_warned"], False)
+    check.expect_that(
+        "write_in_child",
+        access,
+        write_ok,
+        "the child's write to every moved page to finish with the data intact",
+    )
+    return check.observation(
+        f"wp pages after mremap={moved['wp_pages_after_move']}, write in child: "
+        + ("ok" if write_ok else access.get("signal") or access["child"])
+    )
