@@ -146,18 +146,10 @@ def _copy_workload(
     source.fill_indexed(1)
     uffd = stack.enter_context(Userfaultfd.open(features))
     uffd.register(region)
-    if kind == "anon":
+    drop_advice = region.kind.spec.drop_advice
 
-        def reset() -> None:
-            region.madvise(sc.MADV_DONTNEED)
-    elif kind == "shmem":
-
-        def reset() -> None:
-            region.madvise(sc.MADV_REMOVE)
-    else:
-
-        def reset() -> None:
-            region.punch_hole()
+    def reset() -> None:
+        region.madvise(drop_advice)
 
     return Workload(name, title, region, uffd, source, False, reset)
 

@@ -139,9 +139,8 @@ def bad_inputs(ctx: Context) -> Observation:
     errnos = Checks()
     for name, (call, wanted) in cases.items():
         errnos.expect(name, errno_of(call), wanted)
-    check = Checks({"errno": errnos.facts})
-    for problem in errnos.problems:
-        check.problem(f"errno.{problem}")
+    check = Checks()
+    check.nest("errno", errnos)
     check.fact(
         "mismatches",
         {

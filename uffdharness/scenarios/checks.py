@@ -11,10 +11,11 @@ Observation lists exactly those, never a dump of every fact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import UffdError
-from .model import Observation
+from .model import Observation, fact_at
 
 
 def _shown(value: Any) -> str:
@@ -50,6 +51,20 @@ class Checks:
     def problem(self, text: str) -> None:
         """A difference no single fact states (relations between facts)."""
         self.problems.append(text)
+
+    def nest(self, name: str, part: Checks) -> None:
+        """Record ``part``'s facts as fact ``name``; its problems read "name.fact: ..."."""
+        self.facts[name] = part.facts
+        self.problems.extend(f"{name}.{problem}" for problem in part.problems)
+
+    def expect_fields(self, name: str, observed: Mapping[str, Any], wanted: Mapping[str, Any]):
+        """Record ``observed`` as fact ``name``; each wanted field (a dotted path inside it)
+        that differs is a problem named by its full path: "bulk.bytes: 0, expected 32768"."""
+        fields = Checks()
+        for path, value in wanted.items():
+            fields.expect(path, fact_at(observed, path), value)
+        self.facts[name] = observed
+        self.problems.extend(f"{name}.{problem}" for problem in fields.problems)
 
     @property
     def ok(self) -> bool:

@@ -10,7 +10,6 @@ or CONFIG_HIGHPTE to show, so no known bug is encoded here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..pagemap import Pagemap
 from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Background, Context, next_event
-from .model import Observation, fact_at
+from .model import Observation
 from .registry import scenario
 
 SEED = 0x30E
@@ -171,19 +170,6 @@ def _thp_moves(uffd: Userfaultfd, rooms: ExitStack, mode: str) -> dict[str, Any]
     return facts
 
 
-def _expect_part(
-    check: Checks, part: str, observed: dict[str, Any], expected: Mapping[str, Any]
-) -> None:
-    """Record ``observed`` as fact ``part``; each expected field (a dotted path inside it)
-    that differs is a problem named by its full path: "bulk.bytes: 0, expected 32768"."""
-    fields = Checks()
-    for path, wanted in expected.items():
-        fields.expect(path, fact_at(observed, path), wanted)
-    check.fact(part, observed)
-    for problem in fields.problems:
-        check.problem(f"{part}.{problem}")
-
-
 @scenario(
     id="move",
     title="UFFDIO_MOVE",
@@ -203,8 +189,7 @@ def move(ctx: Context) -> Observation:
     check = Checks({"move_ioctl_offered": bool(allowed & Ioctl.MOVE)})
     page = PAGE_SIZE
     bulk = _bulk(ctx, uffd, dst)
-    _expect_part(
-        check,
+    check.expect_fields(
         "bulk",
         bulk,
         {
@@ -218,8 +203,7 @@ def move(ctx: Context) -> Observation:
     )
     if bulk["pfns_moved_not_copied"] is False:  # None: no PFNs without CAP_SYS_ADMIN
         check.problem("bulk: dst frames differ from the source frames (copied, not moved)")
-    _expect_part(
-        check,
+    check.expect_fields(
         "fault_driven",
         _fault_driven(ctx, uffd, dst, PAGES + 1),
         {
@@ -234,8 +218,7 @@ def move(ctx: Context) -> Observation:
     # move_pages(): EEXIST onto a populated dst, ENOENT from a src hole unless
     # UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES; stopping part way gives EAGAIN with uffdio_move.move
     # holding the bytes moved.
-    _expect_part(
-        check,
+    check.expect_fields(
         "errors",
         errors,
         {
@@ -249,8 +232,7 @@ def move(ctx: Context) -> Observation:
         },
     )
     thp = _thp(ctx, uffd)
-    _expect_part(
-        check,
+    check.expect_fields(
         "thp",
         thp,
         {}

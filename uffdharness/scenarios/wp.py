@@ -91,13 +91,6 @@ def offset_span(region: Region, first: int, count: int) -> tuple[int, int]:
     return addr - region.addr, length
 
 
-def nest(check: Checks, name: str, part: Checks) -> None:
-    """Record ``part``'s facts as fact ``name``; its problems read "name.fact: ..."."""
-    check.fact(name, part.facts)
-    for problem in part.problems:
-        check.problem(f"{name}.{problem}")
-
-
 # --- wp-basic ---------------------------------------------------------------------------------
 
 
@@ -252,8 +245,8 @@ def wp_shmem_survives_zap(ctx: Context) -> Observation:
         )
         outcome.expect("wp_kept", all("UFFD_WP" in entry for entry in after), True)
         _write_faults_wp(outcome, uffd, region, first)
-        nest(rounds, name, outcome)
-    nest(check, "rounds", rounds)
+        rounds.nest(name, outcome)
+    check.nest("rounds", rounds)
     check.expect("data_intact", region.find_indexed_mismatch(SEED) is None, True)
     if ctx.memory.is_hugetlb:
         check.fact("note", "MADV_PAGEOUT does not apply to hugetlb VMAs (EINVAL)")
@@ -351,8 +344,8 @@ def wp_unpopulated(ctx: Context) -> Observation:
         without_feature.expect(name, without_feature.facts[name], wanted)
 
     check = Checks()
-    nest(check, "with_wp_unpopulated", with_feature)
-    nest(check, "without_wp_unpopulated", without_feature)
+    check.nest("with_wp_unpopulated", with_feature)
+    check.nest("without_wp_unpopulated", without_feature)
     without_faulted = without_feature.facts["write_fault"]
     return check.observation(
         f"first write: with={'+'.join(fault['flags']) if fault else 'no fault'}, "

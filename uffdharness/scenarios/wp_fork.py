@@ -22,7 +22,7 @@ from .checks import Checks
 from .context import Background, Context
 from .model import KnownBug, NonEmpty, Observation
 from .registry import scenario
-from .wp import EVENT_TIMEOUT, SEED, WP_WRITE, nest, offset_span, pages_for
+from .wp import EVENT_TIMEOUT, SEED, WP_WRITE, offset_span, pages_for
 
 WP_FORK_FIX = KnownBug(
     fixed_in="6.2",
@@ -197,7 +197,7 @@ def _wp_fork(ctx: Context) -> Observation:
         if "skipped" in facts:
             check.fact(name, facts)
         else:
-            nest(check, name, _judge_variant(name, facts, bits_visible))
+            check.nest(name, _judge_variant(name, facts, bits_visible))
     check.fact("pagemap_reports_uffd_wp", bits_visible)
     parts = [
         f"{name.replace('_event_fork', '')}={facts.get('child_wp_pages', 'skipped')}"
