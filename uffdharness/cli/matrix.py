@@ -23,7 +23,16 @@ from typing import TextIO
 from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
 
+from .arguments import (
+    MAX_GUEST_TIMEOUT_S,
+    MAX_SCENARIO_TIMEOUT_S,
+    check_outputs,
+    count,
+    seconds,
+)
 from .run import add_selection_arguments
+
+MAX_JOBS = 64
 
 __all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run_merge"]
 
@@ -94,21 +103,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action
         ),
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=seconds(MAX_SCENARIO_TIMEOUT_S),
             default=DEFAULT_TIMEOUT,
             metavar="S",
             help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
         ),
         parser.add_argument(
             "--guest-timeout",
-            type=float,
+            type=seconds(MAX_GUEST_TIMEOUT_S),
             default=DEFAULT_GUEST_TIMEOUT,
             metavar="S",
             help=f"seconds a guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
         ),
         parser.add_argument(
             "--guest-memory",
-            type=int,
+            type=count(256, 1 << 20),
             default=None,
             metavar="MB",
             help="guest RAM in MiB (default: the guest runner's)",
@@ -143,6 +152,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``uffdharness matrix --kernel SPEC ...``: boot, run, table, reports."""
     if not args.kernels:
         args.usage_error("the following arguments are required: --kernel")
+    check_outputs(args.usage_error, json=args.json, junit=args.junit)
 
     from uffdharness.matrix import hosttools, report
     from uffdharness.matrix.kernelspec import SpecError
@@ -159,6 +169,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     err = sys.stderr
     if args.jobs < 1:
         err.write("uffdharness matrix: --jobs must be at least 1\n")
+        return 2
+    if args.jobs > MAX_JOBS:
+        err.write(f"uffdharness matrix: --jobs must be at most {MAX_JOBS}\n")
         return 2
     try:
         specs = check_specs(args.kernels)

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from uffdharness.cli.arguments import MAX_SCENARIO_TIMEOUT_S, check_outputs, seconds
 from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.memory import CATALOGUE_KINDS
 
@@ -43,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(MAX_SCENARIO_TIMEOUT_S),
         default=DEFAULT_TIMEOUT,
         help=f"seconds per scenario x memory before it counts as a hang ({DEFAULT_TIMEOUT:g})",
     )
@@ -51,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE")
     parser.add_argument("--ktap", action="store_true", help="print KTAP instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, usage_error=parser.error)
 
 
 def _list(out: TextIO) -> int:
@@ -89,9 +90,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.list:
         return _list(out)
+    check_outputs(args.usage_error, json=args.json, junit=args.junit)
     pairs = runner.select(CATALOGUE.values(), args.pattern, args.memory)
     if not pairs:
-        sys.stderr.write("no scenario matches\n")
+        memory = f" on memory {', '.join(args.memory)}" if args.memory else ""
+        sys.stderr.write(f"uffdharness run: no scenario matches -k {args.pattern!r}{memory}\n")
         return 2
     info = system.facts()
     progress = None if args.quiet else _progress_printer(sys.stderr)
