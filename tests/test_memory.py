@@ -221,3 +221,23 @@ def test_hugetlb_without_free_pages_says_so():
         allocate("hugetlb", too_many)
     assert info.value.errno_name == "ENOMEM"
     assert "HugepagePool" in str(info.value)
+
+
+def test_close_after_mremap_never_unmaps_what_took_the_vacated_range():
+    """A region moved out of its reservation leaves a hole: it is held with PROT_NONE, and
+    whatever got there first (Python's allocator, a thread stack) survives close()."""
+    from uffdharness.memory import Reservation
+
+    with Reservation(8 * PAGE_SIZE) as parking:
+        region = allocate("anon", 4)
+        old, length = region.addr, region.length
+        region.mremap(length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, parking.start)
+        assert [v.perms[:3] for v in maps.read_maps_range(old, old + length)] == ["---"]
+        # the race _hold loses: another mapping took part of the hole before it
+        sc.munmap(old, length)
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED_NOREPLACE
+        foreign = sc.mmap(old, PAGE_SIZE, sc.PROT_RW, flags)
+        region._hold(old, length)
+        region.close()
+        assert [v.start for v in maps.read_maps_range(foreign, foreign + PAGE_SIZE)] == [foreign]
+        sc.munmap(foreign, PAGE_SIZE)

@@ -201,6 +201,24 @@ def _page_offsets(pages: None | int | range | Iterable[int], count: int) -> list
     return list(pages)
 
 
+def _without(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(addr, length) ranges less the holes cut out of them."""
+    for hole_start, hole_length in holes:
+        hole_end = hole_start + hole_length
+        pieces = []
+        for start, length in ranges:
+            end = start + length
+            if hole_end <= start or end <= hole_start:
+                pieces.append((start, length))
+                continue
+            if start < hole_start:
+                pieces.append((start, hole_start - start))
+            if hole_end < end:
+                pieces.append((hole_end, end - hole_end))
+        ranges = pieces
+    return ranges
+
+
 class Region:
     """A mapping owned by this object: unmapped (with its guard pages) on close()."""
 
@@ -226,6 +244,7 @@ class Region:
         self._reservation = reservation
         self._aliases: list[Region] = []
         self._extra_unmaps: list[tuple[int, int]] = []  # ranges left behind by DONTUNMAP
+        self._foreign: list[tuple[int, int]] = []  # reservation ranges another mapping took
         self._closed = False
 
     # --- geometry ------------------------------------------------------------------------------
@@ -368,12 +387,35 @@ class Region:
     def mremap(self, new_length: int, flags: int = sc.MREMAP_MAYMOVE, new_addr: int = 0) -> int:
         """Move/resize this mapping; the region follows it. With MREMAP_DONTUNMAP the old
         range stays mapped (empty) and remains part of this region's reservation."""
-        old_addr = self.addr
+        old_addr, old_length = self.addr, self.length
         moved_to = sc.mremap(self.addr, self.length, new_length, flags, new_addr)
         if flags & sc.MREMAP_DONTUNMAP:
-            self._extra_unmaps.append((old_addr, self.length))
+            self._extra_unmaps.append((old_addr, old_length))
+        elif moved_to != old_addr:
+            self._hold(old_addr, old_length)
+        elif new_length < old_length:
+            self._hold(old_addr + new_length, old_length - new_length)
         self.addr, self.length = moved_to, new_length
         return moved_to
+
+    def _hold(self, addr: int, length: int) -> None:
+        """Fill a range this mapping vacated inside its reservation with PROT_NONE again.
+        Left empty, any mmap of this process (Python's allocator, a thread stack) may land
+        there, and close() unmapping the whole reservation would pull it away under its
+        owner. MAP_FIXED_NOREPLACE (4.17) never clobbers: if something took the range
+        already, it is left out of what close() unmaps."""
+        base, total = self._reservation or (0, 0)
+        if not base <= addr < base + total:
+            return
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE
+        try:
+            placed = sc.mmap(addr, length, sc.PROT_NONE, flags)
+        except UffdError:
+            placed = None
+        if placed != addr:
+            if placed is not None:  # a kernel before 4.17 took the flag as a hint
+                sc.munmap(placed, length)
+            self._foreign.append((addr, length))
 
     def alias(self, *, shared: bool = True) -> Region:
         """A second mapping of the same backing file (memfd, hugetlb or file region)."""
@@ -400,7 +442,7 @@ class Region:
         for alias in self._aliases:
             alias.close()
         errors: list[UffdError] = []
-        ranges = [self._reservation or (self.addr, self.length)]
+        ranges = _without([self._reservation or (self.addr, self.length)], self._foreign)
         if self._reservation and not (
             self._reservation[0] <= self.addr
             and self.end <= self._reservation[0] + self._reservation[1]
