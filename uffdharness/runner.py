@@ -149,11 +149,9 @@ def _reserve_hugepages(stack: ExitStack, pairs) -> str | None:
         return None
     count = max(needs)
     try:
-        pool = stack.enter_context(HugepagePool(count))
+        stack.enter_context(HugepagePool(count))
     except HugepageError as exc:
         return f"cannot reserve {count} hugepages: {exc}"
-    if pool.size_kb * 1024 != MemoryKind.HUGETLB.page_size:
-        return f"the pool's {pool.size_kb} kB pages are not the hugetlb kinds' page size"
     return None
 
 

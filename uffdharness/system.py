@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uffdharness import hugepages, vdso
@@ -84,7 +84,6 @@ class SystemFacts:
     thp_enabled: str | None
     thp_shmem_enabled: str | None
     uffd: UffdApiFacts
-    _lazy: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def offered(self) -> Feature:
@@ -99,47 +98,36 @@ class SystemFacts:
         """Why no userfaultfd could be opened, or ""."""
         return "" if self.uffd.available else self.uffd.status.removeprefix("unavailable: ")
 
-    def _once(self, name: str, compute):
-        if name not in self._lazy:
-            self._lazy[name] = compute()
-        return self._lazy[name]
-
     @property
     def vdso_version(self) -> KernelVersion | None:
-        return self._vdso()[0]
+        return self._vdso[0]
 
     @property
     def vdso_agrees(self) -> bool | None:
         """None when the vDSO could not be read."""
-        return self._vdso()[1]
+        return self._vdso[1]
 
     @property
     def vdso_error(self) -> str | None:
-        return self._vdso()[2]
+        return self._vdso[2]
 
+    @functools.cached_property
     def _vdso(self) -> tuple[KernelVersion | None, bool | None, str | None]:
-        def read():
-            try:
-                version = vdso.vdso_version()
-            except (vdso.VdsoError, OSError) as error:
-                return None, None, str(error)
-            return version, vdso.agrees(version, self.kernel), None
+        try:
+            version = vdso.vdso_version()
+        except (vdso.VdsoError, OSError) as error:
+            return None, None, str(error)
+        return version, vdso.agrees(version, self.kernel), None
 
-        return self._once("vdso", read)
-
-    @property
+    @functools.cached_property
     def pagemap_uffd_wp(self) -> bool:
         """Whether pagemap reports the uffd-wp bit (57, 5.14). Older kernels leave it 0
         without error, so it is probed once on a write-protected anonymous page."""
+        from uffdharness.abi import Feature
+        from uffdharness.pagemap import probe_uffd_wp_bit
 
-        def probe() -> bool:
-            from uffdharness.abi import Feature
-            from uffdharness.pagemap import probe_uffd_wp_bit
-
-            wp = Feature.PAGEFAULT_FLAG_WP
-            return self.uffd.available and wp in self.offered and probe_uffd_wp_bit()
-
-        return self._once("pagemap_uffd_wp", probe)
+        wp = Feature.PAGEFAULT_FLAG_WP
+        return self.uffd.available and wp in self.offered and probe_uffd_wp_bit()
 
     def probe_lazy(self) -> None:
         """Run the probes scenarios ask for (pagemap's uffd-wp bit) now."""

@@ -117,7 +117,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
 def declared_gates(catalogue: Iterable[Scenario]) -> list[Expectation]:
     """One skip expectation per scenario, memory kind and declared requirement."""
     return [
-        Expectation(item.id, (kind,), "skip", before=gate.since, why=f"declares {gate.reason}")
+        Expectation(item.id, (kind,), "skip", before=gate.since, why=f"declared: {gate.reason}")
         for item in catalogue
         for kind in item.memory
         for gate in item.requirements(kind)

@@ -164,40 +164,45 @@ class Scenario:
         """Every feature bit this scenario needs on ``kind``: its own and its modes'."""
         return self.features | SPECS[kind].mode_features(self.modes)
 
-    def requirements(self, kind: str) -> list[Gate]:
-        """The kernel releases this scenario needs on ``kind``, each with what needs it."""
-        gates = []
+    def _version_gates(self, kind: str) -> tuple[list[Gate], list[Gate]]:
+        """(the declared minimum kernel, the per-kind operation gates of ``kind``)."""
+        minimum = []
         if self.min_kernel:
-            gates.append(Gate(self.min_kernel, f"needs kernel >= {self.min_kernel}"))
-        for name in flag_names(self.features_on(kind)):
-            major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
-            if (major, minor) > (0, 0):
-                gates.append(
-                    Gate(f"{major}.{minor}", f"UFFD_FEATURE_{name} (added in {major}.{minor})")
-                )
+            minimum.append(Gate(self.min_kernel, f"needs kernel >= {self.min_kernel}"))
+        operations = []
         for operation in self.uses:
             gate = SPECS[kind].gates.get(operation)
             if gate:
-                gates.append(
-                    Gate(gate.since, f"{operation} on {kind} needs {gate.since} ({gate.change})")
-                )
-        return gates
+                needs = f"needs kernel >= {gate.since} ({gate.change})"
+                operations.append(Gate(gate.since, f"{operation} on {kind} memory {needs}"))
+        return minimum, operations
+
+    def requirements(self, kind: str) -> list[Gate]:
+        """The kernel releases this scenario needs on ``kind``, each with what needs it."""
+        minimum, operations = self._version_gates(kind)
+        features = []
+        for name in flag_names(self.features_on(kind)):
+            major, minor = FEATURE_SINCE.get(Feature[name], (0, 0))
+            if (major, minor) > (0, 0):
+                since = f"{major}.{minor}"
+                features.append(Gate(since, f"UFFD_FEATURE_{name} (added in {since})"))
+        return minimum + features + operations
 
     def skip_reason(
         self, kernel: KernelVersion, offered: Feature, is_root: bool, kind: str = "anon"
     ) -> str | None:
-        if self.min_kernel and kernel < parse_version(self.min_kernel):
-            return f"needs kernel >= {self.min_kernel}, running {kernel}"
+        """Features are judged by what the kernel offers (a backport counts), the other
+        gates by its version."""
+        minimum, operations = self._version_gates(kind)
         missing = missing_features(self.features_on(kind), offered)
+        for gate in minimum:
+            if kernel < parse_version(gate.since):
+                return f"{gate.reason}, running {kernel}"
         if missing:
             return missing_features_reason(missing)
-        for operation in self.uses:
-            gate = SPECS[kind].gates.get(operation)
-            if gate and kernel < parse_version(gate.since):
-                return (
-                    f"{operation} on {kind} memory needs kernel >= {gate.since} "
-                    f"({gate.change}), running {kernel}"
-                )
+        for gate in operations:
+            if kernel < parse_version(gate.since):
+                return f"{gate.reason}, running {kernel}"
         if self.needs_root and not is_root:
             return "needs root"
         return None
