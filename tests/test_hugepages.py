@@ -6,6 +6,8 @@ import errno
 import mmap
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -21,12 +23,15 @@ MAP_HUGETLB = getattr(mmap, "MAP_HUGETLB", 0x40000)
 
 @pytest.fixture
 def pool_counts() -> hugepages.HugepageCounts:
-    """The 2 MiB pool's counters before the test; fails if the test leaks pages."""
+    """The 2 MiB pool's counters before the test; fails if the test leaks pages. The test
+    holds the harness's pool lock throughout, so a `uffdharness run` beside it waits
+    instead of changing the pool under the test's exact assertions."""
     if SIZE_KB not in hugepages.sizes():
         pytest.skip(f"kernel offers no {SIZE_KB}kB hugepages")
-    before = hugepages.counts(SIZE_KB)
-    yield before
-    after = hugepages.counts(SIZE_KB)
+    with hugepages.pool_frozen():
+        before = hugepages.counts(SIZE_KB)
+        yield before
+        after = hugepages.counts(SIZE_KB)
     assert (after.nr, after.surplus) == (before.nr, before.surplus), "hugepage pool leaked"
 
 
@@ -254,6 +259,43 @@ def test_non_root_gets_eacces(pool_counts: hugepages.HugepageCounts) -> None:
     assert status == 0, text
     assert text.startswith(f"{errno.EACCES} need root to write "), text
     assert text.endswith(": EACCES"), text
+
+
+CHURNER = """
+import sys, time
+from uffdharness.hugepages import HugepagePool
+deadline = time.monotonic() + float(sys.argv[1])
+first = True
+while time.monotonic() < deadline:
+    with HugepagePool(1, {size_kb}):
+        if first:
+            print("churning", flush=True)
+            first = False
+"""
+
+
+@pytest.mark.usefixtures("grantable")
+@pytest.mark.timeout(60)
+def test_exact_pool_sizes_hold_while_another_harness_process_churns() -> None:
+    """Another harness process keeps reserving and releasing one page (as a `uffdharness
+    run` beside the test suite does); inside pool_frozen() it waits, so the sizes this
+    process sees are exactly its own doing."""
+    churner = subprocess.Popen(
+        [sys.executable, "-c", CHURNER.format(size_kb=SIZE_KB), "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert churner.stdout is not None
+        assert churner.stdout.readline().strip() == "churning"
+        with hugepages.pool_frozen():
+            before = hugepages.counts(SIZE_KB).persistent
+            for _ in range(200):
+                with HugepagePool(1, SIZE_KB):
+                    assert hugepages.counts(SIZE_KB).persistent == before + 1
+                assert hugepages.counts(SIZE_KB).persistent == before
+    finally:
+        assert churner.wait(timeout=30) == 0  # it stops by itself: never killed mid-reservation
 
 
 def test_signals_deferred_until_block_ends() -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from uffdharness.hugepages import counts
+from uffdharness.hugepages import counts, pool_frozen
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,6 +76,11 @@ def test_fault_handler_fixture_serves_and_stops(pytester):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="reserving hugepages needs root")
 def test_requires_hugepages_reserves_and_restores(pytester):
+    with pool_frozen():  # no other harness process resizes the pool meanwhile
+        _requires_hugepages_reserves_and_restores(pytester)
+
+
+def _requires_hugepages_reserves_and_restores(pytester):
     before = counts().persistent
     pytester.makepyfile(
         f"""

@@ -14,7 +14,7 @@ import pytest
 
 from uffdharness import reports, system
 from uffdharness.abi import Feature
-from uffdharness.hugepages import counts
+from uffdharness.hugepages import counts, pool_frozen
 from uffdharness.kernelversion import parse
 from uffdharness.memory import MemoryKind
 from uffdharness.runner import exit_status, judge, run, run_pair, select
@@ -88,6 +88,32 @@ def test_hang_becomes_a_verdict_quickly():
     assert time.monotonic() - started < 5
 
 
+def test_run_timeout_caps_a_scenarios_declared_timeout():
+    started = time.monotonic()
+    result = run_pair(make(hangs_in_fault, timeout=20.0), "anon", KERNEL, 1.0, None)
+    assert result.verdict == "hang" and "within 1.0 s" in result.reason
+    assert time.monotonic() - started < 5
+
+
+def budget(ctx) -> Observation:
+    return Observation({"timeout": ctx.timeout}, True, "fine")
+
+
+def test_scenario_is_given_the_runs_timeout():
+    assert run_pair(make(budget), "anon", KERNEL, 7.5, None).facts == {"timeout": 7.5}
+    assert run_pair(make(budget, timeout=2.0), "anon", KERNEL, 7.5, None).facts == {"timeout": 2.0}
+
+
+@pytest.mark.timeout(60)
+def test_per_vma_lock_race_fits_a_short_timeout():
+    """Its race and the grace for hung threads scale down with --timeout (a fifth and
+    three tenths of it), so a short timeout gives a verdict, not a hang."""
+    result = run_pair(CATALOGUE["per-vma-lock-race"], "anon", KERNEL, 2.5, None)
+    assert result.verdict == "pass", result.reason
+    assert result.facts["race_seconds"] == 0.5
+    assert result.duration_s < 2.5
+
+
 def test_crash_becomes_error_with_signal_name():
     result = run_pair(make(crashes), "anon", KERNEL, 10, None)
     assert result.verdict == "error" and "SIGSEGV" in result.reason
@@ -153,14 +179,16 @@ def test_run_continues_after_hang_and_restores_hugepages():
         (make(ok, id="fine", hugepages=2), "hugetlb"),
         (make(crashes, id="crashes"), "memfd"),
     ]
-    before = counts().persistent
     fds_before = set(os.listdir("/proc/self/fd"))
     seen = []
-    results = run(pairs, timeout=10, info=KERNEL, progress=lambda *a: seen.append(a[:2]))
+    with pool_frozen():  # no other harness process resizes the pool meanwhile
+        before = counts().persistent
+        results = run(pairs, timeout=10, info=KERNEL, progress=lambda *a: seen.append(a[:2]))
+        after = counts().persistent
     verdicts = [r.verdict for r in results]
     assert verdicts[0] == "hang" and verdicts[2] == "error"
     assert verdicts[1] in ("pass", "skip")
-    assert counts().persistent == before
+    assert after == before
     assert set(os.listdir("/proc/self/fd")) == fds_before
     assert seen[-1] == (3, 3)
     assert exit_status(results) == 1
@@ -249,7 +277,8 @@ def test_cli_run_exit_code_and_outputs(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unregister-merge  anon" in proc.stdout
-    assert "[1/1] unregister-merge[anon] pass" in proc.stderr
+    # stderr is a pipe: the table already lists every pair, progress must not repeat it.
+    assert proc.stderr == ""
     data = json.loads(json_path.read_text())
     assert data["results"][0]["facts"]["vmas_after_unregister"] == 2
     junitparser.JUnitXml.fromfile(str(junit_path))
@@ -271,3 +300,22 @@ def test_uffd_left_open_by_scenario_does_not_leak_into_parent():
 
     assert run_pair(make(leaves_uffd_open), "anon", KERNEL, 10, None).verdict == "pass"
     assert set(os.listdir("/proc/self/fd")) == fds
+
+
+def test_progress_off_a_terminal_is_a_heartbeat_not_a_copy_of_the_table(monkeypatch):
+    import io
+
+    from uffdharness.cli import run as run_command
+    from uffdharness.runner import Result
+
+    stream = io.StringIO()
+    show = run_command._progress_printer(stream)
+    for index in range(3):
+        show(index, 3, None, f"s{index}[anon]")
+        show(index + 1, 3, Result(f"s{index}", "anon", "pass"), f"s{index}[anon]")
+    assert stream.getvalue() == ""  # a short run: nothing but the table
+    monkeypatch.setattr(run_command, "HEARTBEAT_S", 0.0)
+    show = run_command._progress_printer(stream)
+    show(1, 3, None, "s1[anon]")
+    show(2, 3, Result("s1", "anon", "pass"), "s1[anon]")
+    assert stream.getvalue() == "[2/3] running s1[anon]\n"

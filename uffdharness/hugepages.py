@@ -38,6 +38,7 @@ __all__ = [
     "default_size_kb",
     "free_pages",
     "nr_hugepages_path",
+    "pool_frozen",
     "sizes",
 ]
 
@@ -50,9 +51,10 @@ _SIZE_DIR_RE = re.compile(r"hugepages-(\d+)kB$")
 # Signals whose delivery is held back while the pool size is being changed, so that a
 # Ctrl-C, a pytest-timeout SIGALRM or a SIGTERM cannot land between reading and writing
 # nr_hugepages and leave the pool changed with nobody owning the change.
-_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
 
 _thread_lock = threading.Lock()
+_frozen_lock_fd: int | None = None  # pool_frozen()'s lock, held for a whole block
 
 
 class HugepageError(OSError):
@@ -213,21 +215,24 @@ def _lock_path() -> str:
     return os.path.join(tempfile.gettempdir(), "uffdharness-hugepages.lock")
 
 
+def _open_lock() -> int | None:
+    try:
+        return os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return None  # still serialised within this process
+
+
 @contextlib.contextmanager
 def _pool_lock() -> Iterator[None]:
     """Serialise read-modify-write of nr_hugepages across threads and harness processes."""
     with _thread_lock:
-        if os.geteuid() != 0:
-            # The write will fail anyway; do not leave a lock file owned by this user where
-            # fs.protected_regular would stop root from opening it later.
+        if os.geteuid() != 0 or _frozen_lock_fd is not None:
+            # Not root: the write will fail anyway; do not leave a lock file owned by this
+            # user where fs.protected_regular would stop root from opening it later.
+            # Frozen: this process already holds the lock (pool_frozen).
             yield
             return
-        try:
-            lock_fd: int | None = os.open(
-                _lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
-            )
-        except OSError:
-            lock_fd = None  # still serialised within this process
+        lock_fd = _open_lock()
         try:
             if lock_fd is not None:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -235,6 +240,32 @@ def _pool_lock() -> Iterator[None]:
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
+
+
+@contextlib.contextmanager
+def pool_frozen() -> Iterator[None]:
+    """Hold the harness's pool lock for the whole block: no other harness process grows or
+    shrinks the pool meanwhile (they wait), so the block may assert exact pool sizes.
+    HugepagePools entered inside it, from any thread of this process, work as usual.
+    Keep it short, and start no other harness process that reserves hugepages inside it."""
+    global _frozen_lock_fd
+    if os.geteuid() != 0:
+        yield
+        return
+    with _thread_lock:
+        if _frozen_lock_fd is not None:
+            raise RuntimeError("pool_frozen() does not nest")
+        lock_fd = _open_lock()
+        if lock_fd is not None:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _frozen_lock_fd = lock_fd if lock_fd is not None else -1
+    try:
+        yield
+    finally:
+        with _thread_lock:
+            if _frozen_lock_fd >= 0:
+                os.close(_frozen_lock_fd)
+            _frozen_lock_fd = None
 
 
 @contextlib.contextmanager

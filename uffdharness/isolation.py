@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import interrupts
+
 Status = Literal["ok", "raised", "crashed", "timeout"]
 
 
@@ -70,30 +72,50 @@ def _child_main(write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict
     os.close(write_fd)
 
 
+def _become_child(
+    read_fd: int, write_fd: int, fn: Callable[..., Any], args: tuple, kwargs: dict
+) -> None:
+    code = 0
+    try:
+        os.close(read_fd)
+        os.setpgid(0, 0)
+        interrupts.restore_defaults()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.STOPPING_SIGNALS)
+        # A crash is an expected outcome here, reported as a value: no stack dump.
+        faulthandler.disable()
+        _child_main(write_fd, fn, args, kwargs)
+    except BaseException:  # noqa: BLE001
+        code = 70
+    finally:
+        os._exit(code)
+
+
 def run_in_child(
     fn: Callable[..., Any], *args: Any, timeout: float = 30.0, **kwargs: Any
 ) -> ChildOutcome:
-    """fork(), call ``fn`` in the child, return its result, exception, crash or timeout."""
+    """fork(), call ``fn`` in the child, return its result, exception, crash or timeout.
+
+    Whatever ends the wait (the result, the timeout, an exception such as Ctrl-C or
+    :class:`~uffdharness.interrupts.Interrupted`), the child's process group is killed and
+    the child reaped before this returns or raises: nothing outlives the call.
+    """
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(read_fd)
-            os.setpgid(0, 0)
-            # A crash is an expected outcome here, reported as a value: no stack dump.
-            faulthandler.disable()
-            _child_main(write_fd, fn, args, kwargs)
-        except BaseException:  # noqa: BLE001
-            code = 70
-        finally:
-            os._exit(code)
-    os.close(write_fd)
     chunks: list[bytes] = []
     deadline = started + timeout
-    timed_out = False
+    pid: int | None = None
+    finished = timed_out = False
     try:
+        with interrupts.blocked():  # a signal now is delivered inside the try that reaps
+            pid = os.fork()
+            if pid == 0:  # child
+                _become_child(read_fd, write_fd, fn, args, kwargs)
+            try:
+                os.setpgid(pid, pid)  # also here: the group exists before the parent kills it
+            except OSError:
+                pass  # the child got there first, or already exited
+        os.close(write_fd)
+        write_fd = -1
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -106,12 +128,17 @@ def run_in_child(
             if not chunk:
                 break
             chunks.append(chunk)
+        finished = True
     finally:
-        os.close(read_fd)
-        if timed_out:
-            _kill_group(pid)
-        _, status = os.waitpid(pid, 0)
-        _kill_group(pid)  # grandchildren the scenario left behind
+        with interrupts.blocked():  # a second Ctrl-C must not leave the child behind
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    os.close(fd)
+            if pid is not None:
+                if not finished or timed_out:
+                    _kill_group(pid)
+                _, status = os.waitpid(pid, 0)
+                _kill_group(pid)  # grandchildren the scenario left behind
     duration = time.monotonic() - started
     if timed_out:
         return ChildOutcome("timeout", duration_s=duration)

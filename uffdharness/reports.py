@@ -33,17 +33,33 @@ def counts(results: Sequence[Result]) -> dict[str, int]:
     return {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
 
 
-def to_json(info: SystemFacts, results: Sequence[Result], wall_s: float) -> dict[str, Any]:
+def to_json(
+    info: SystemFacts,
+    results: Sequence[Result],
+    wall_s: float,
+    interrupted: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``interrupted`` (signal, during, done, total): the run stopped early; the results
+    are the pairs that finished."""
+    summary = {"counts": counts(results), "total": len(results), "wall_s": round(wall_s, 2)}
+    if interrupted:
+        summary["interrupted"] = interrupted
     return {
         "kernel": kernel_json(info),
-        "summary": {"counts": counts(results), "total": len(results), "wall_s": round(wall_s, 2)},
+        "summary": summary,
         "results": [r.to_json() for r in results],
     }
 
 
-def write_json(path: str, info: SystemFacts, results: Sequence[Result], wall_s: float) -> None:
+def write_json(
+    path: str,
+    info: SystemFacts,
+    results: Sequence[Result],
+    wall_s: float,
+    interrupted: dict[str, Any] | None = None,
+) -> None:
     with open(path, "w") as out:
-        json.dump(to_json(info, results, wall_s), out, indent=2, default=str)
+        json.dump(to_json(info, results, wall_s, interrupted), out, indent=2, default=str)
         out.write("\n")
 
 

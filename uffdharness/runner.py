@@ -17,6 +17,7 @@ from typing import Any
 from . import system
 from .defaults import DEFAULT_TIMEOUT
 from .hugepages import HugepageError, HugepagePool
+from .interrupts import Interrupted
 from .isolation import run_in_child
 from .kernelversion import KernelVersion
 from .memory import MemoryKind
@@ -48,6 +49,32 @@ class Result:
             "key": self.key,
             "facts": self.facts,
             "duration_s": round(self.duration_s, 4),
+        }
+
+
+class RunInterrupted(Interrupted):
+    """A stopping signal ended the run: the results that finished, and the pair that was
+    running (its child already killed and reaped, the hugepage pool already restored)."""
+
+    def __init__(self, signum: int, results: list[Result], during: str | None, total: int):
+        super().__init__(signum)
+        self.results = results
+        self.during = during
+        self.total = total
+
+    def summary(self) -> str:
+        during = f" during {self.during}" if self.during else ""
+        return (
+            f"interrupted by {self.signal_name}{during} after {len(self.results)} of "
+            f"{self.total} scenario x memory pairs"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signal": self.signal_name,
+            "during": self.during,
+            "done": len(self.results),
+            "total": self.total,
         }
 
 
@@ -87,8 +114,8 @@ def judge(
     return "fail", observation.reason
 
 
-def _run_one(item: Scenario, kind: str, info: SystemFacts) -> Observation:
-    ctx = Context(MemoryKind(kind), info, item.modes)
+def _run_one(item: Scenario, kind: str, info: SystemFacts, timeout: float) -> Observation:
+    ctx = Context(MemoryKind(kind), info, item.modes, timeout)
     try:
         return item.run(ctx)
     finally:
@@ -106,7 +133,9 @@ def run_pair(
         reason = hugetlb_skip
     if reason is not None:
         return Result(item.id, kind, "skip", reason, key="skipped")
-    outcome = run_in_child(_run_one, item, kind, info, timeout=item.timeout or timeout)
+    # A scenario may declare a shorter budget than the run's, never a longer one.
+    timeout = min(item.timeout, timeout) if item.timeout else timeout
+    outcome = run_in_child(_run_one, item, kind, info, timeout, timeout=timeout)
     duration = time.monotonic() - started
     if outcome.status == "timeout":
         return Result(
@@ -165,19 +194,26 @@ def run(
     info = info or system.facts()
     info.probe_lazy()  # once here, not again in every forked scenario
     results: list[Result] = []
-    with ExitStack() as stack:
-        hugetlb_skip = (
-            _reserve_hugepages(stack, pairs)
-            if info.is_root
-            else ("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
-        )
-        for index, (item, kind) in enumerate(pairs):
-            if progress:
-                progress(index, len(pairs), None, f"{item.id}[{kind}]")
-            result = run_pair(item, kind, info, timeout, hugetlb_skip)
-            results.append(result)
-            if progress:
-                progress(index + 1, len(pairs), result, result.name)
+    running: str | None = None
+    try:
+        with ExitStack() as stack:
+            hugetlb_skip = (
+                _reserve_hugepages(stack, pairs)
+                if info.is_root
+                else ("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
+            )
+            for index, (item, kind) in enumerate(pairs):
+                running = f"{item.id}[{kind}]"
+                if progress:
+                    progress(index, len(pairs), None, running)
+                result = run_pair(item, kind, info, timeout, hugetlb_skip)
+                results.append(result)
+                running = None
+                if progress:
+                    progress(index + 1, len(pairs), result, result.name)
+    except KeyboardInterrupt as stop:  # Interrupted, or a bare Ctrl-C outside the CLI
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        raise RunInterrupted(signum, results, running, len(pairs)) from None
     return results
 
 

@@ -10,9 +10,10 @@ scenarios, the matrix runner or the benchmark when the command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
-from uffdharness import __version__
+from uffdharness import __version__, interrupts
 
 from . import bench, info, matrix, run
 
@@ -45,4 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    return int(handler(args))
+    # SIGTERM and SIGHUP unwind like Ctrl-C: every with-block gives back what it holds.
+    # A command that can report what finished catches Interrupted itself.
+    try:
+        with interrupts.raising():
+            return int(handler(args))
+    except interrupts.Interrupted as stop:
+        sys.stderr.write(f"uffdharness {args.command}: interrupted by {stop.signal_name}\n")
+        return stop.exit_code

@@ -64,20 +64,30 @@ def _list(out: TextIO) -> int:
     return 0
 
 
+HEARTBEAT_S = 30.0  # a non-terminal (a CI log) gets a line this often on a long run
+
+
 def _progress_printer(stream: TextIO):
+    """On a terminal, one live line. Elsewhere the table already lists every pair, so only
+    a heartbeat on a long run says the harness is alive and what it is running."""
     interactive = stream.isatty()
+    last_line = time.monotonic()
 
     def show(done: int, total: int, result: Result | None, name: str) -> None:
-        if result is None:
-            line = f"[{done + 1}/{total}] {name} ..."
-        else:
-            line = f"[{done}/{total}] {name} {result.verdict}"
+        nonlocal last_line
         if interactive:
+            if result is None:
+                line = f"[{done + 1}/{total}] {name} ..."
+            else:
+                line = f"[{done}/{total}] {name} {result.verdict}"
             stream.write("\r\033[K" + line)
             if result is not None and done == total:
                 stream.write("\n")
-        elif result is not None:
-            stream.write(line + "\n")
+        elif result is None and time.monotonic() - last_line >= HEARTBEAT_S:
+            stream.write(f"[{done + 1}/{total}] running {name}\n")
+            last_line = time.monotonic()
+        else:
+            return
         stream.flush()
 
     return show
@@ -99,7 +109,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     info = system.facts()
     progress = None if args.quiet else _progress_printer(sys.stderr)
     started = time.monotonic()
-    results = runner.run(pairs, timeout=args.timeout, info=info, progress=progress)
+    interrupted: runner.RunInterrupted | None = None
+    try:
+        results = runner.run(pairs, timeout=args.timeout, info=info, progress=progress)
+    except runner.RunInterrupted as stop:  # report what finished, then exit 128 + signal
+        interrupted, results = stop, stop.results
+        if progress and sys.stderr.isatty():
+            sys.stderr.write("\n")  # end the live progress line
     wall = time.monotonic() - started
     if args.ktap:
         out.write(reports.ktap(results))
@@ -107,7 +123,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(f"kernel {info.kernel} ({len(pairs)} scenario x memory pairs)\n")
         reports.print_table(results, out, wall)
     if args.json:
-        reports.write_json(args.json, info, results, wall)
+        reports.write_json(
+            args.json, info, results, wall, interrupted.to_json() if interrupted else None
+        )
     if args.junit:
         reports.write_junit(args.junit, [(f"kernel-{info.kernel}", results)])
+    if interrupted:
+        sys.stderr.write(f"uffdharness run: {interrupted.summary()}\n")
+        return interrupted.exit_code
     return runner.exit_status(results)

@@ -7,11 +7,13 @@ goes away with the child; the helpers still close what they made, for use outsid
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..abi import Feature, RegisterMode
+from ..defaults import DEFAULT_TIMEOUT
 from ..errors import HarnessError
 from ..events import Event
 from ..kernelversion import KernelVersion
@@ -20,12 +22,15 @@ from ..system import SystemFacts
 from ..uffd import Userfaultfd
 from .model import Skip, missing_features, missing_features_reason
 
+RELEASE_GRACE_S = 5.0  # for threads woken by the close of their uffd to finish their access
+
 
 @dataclass
 class Context:
     memory: MemoryKind
     system: SystemFacts
     modes: RegisterMode = RegisterMode(0)  # the register modes the scenario declared
+    timeout: float = DEFAULT_TIMEOUT  # seconds the runner gives it before calling it a hang
     _regions: list[Region] = field(default_factory=list)
     _uffds: list[Userfaultfd] = field(default_factory=list)
 
@@ -70,8 +75,18 @@ class Context:
         return uffd
 
     def close(self) -> None:
+        """Close the uffds, let every Background call finish, then unmap the regions.
+
+        The order matters on a kernel that misbehaves: a thread it never woke is still
+        asleep in handle_userfault(). Closing the last reference to its uffd wakes it
+        (userfaultfd_release) and it retries its access; unmapping before that retry would
+        turn a ``fail`` into a SIGSEGV that loses every fact. A thread still blocked after
+        the grace period keeps its memory mapped: the scenario's process exits anyway.
+        """
         for uffd in self._uffds:
             uffd.close()
+        if not Background.join_all(RELEASE_GRACE_S):
+            return
         for region in reversed(self._regions):
             if not region.closed:
                 region.close()
@@ -81,11 +96,23 @@ class Background:
     """Run a GIL-releasing call (a region access, a syscall) in a thread that may block
     in a fault or on a pending event, and collect its result or exception."""
 
+    _started: ClassVar[list[Background]] = []  # this process's, for Context.close
+
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.result: Any = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, args=(fn, args, kwargs), daemon=True)
         self._thread.start()
+        Background._started.append(self)
+
+    @classmethod
+    def join_all(cls, timeout: float) -> bool:
+        """Wait up to ``timeout`` s in all for every started call; True when none is left."""
+        deadline = time.monotonic() + timeout
+        for call in cls._started:
+            call._thread.join(max(0.0, deadline - time.monotonic()))
+        cls._started = [call for call in cls._started if call._thread.is_alive()]
+        return not cls._started
 
     def _main(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         try:

@@ -151,7 +151,7 @@ class Scenario:
     min_kernel: str | None = None
     uses: tuple[str, ...] = ()  # operations gated per kind in the table: "mremap", "zap", "drop"
     needs_root: bool = False
-    timeout: float | None = None  # seconds; None: the runner's default
+    timeout: float | None = None  # seconds, when shorter than the run's --timeout
     hugepages: int = 4  # hugetlb pages a hugetlb run of this scenario maps at most
     known_bug: KnownBug | None = None
 
