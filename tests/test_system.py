@@ -246,3 +246,69 @@ def test_facts_json(facts: system.SystemFacts) -> None:
     assert data["page_size"] == facts.page_size
     assert isinstance(data["uffd"]["features"], list)
     assert all(isinstance(name, str) for name in data["uffd"]["features"])
+
+
+def test_facts_open_modes(facts: system.SystemFacts) -> None:
+    names = [mode.name for mode in facts.open_modes]
+    assert names == ["syscall", "syscall user-mode-only", "/dev/userfaultfd"]
+    assert [mode.kernel_faults for mode in facts.open_modes] == [True, False, True]
+    for mode in facts.open_modes:
+        assert mode.works == (mode.refusal == "")
+    if "CAP_SYS_PTRACE" in facts.capabilities:
+        # CAP_SYS_PTRACE opens the syscall whatever the sysctl: kernel-mode faults work.
+        assert facts.open_modes[0].works and facts.kernel_faults
+        assert not facts.user_mode_only and facts.kernel_faults_refusal == ""
+    data = facts.to_json()
+    assert [mode["name"] for mode in data["open_modes"]] == names
+    assert data["user_mode_only"] is facts.user_mode_only
+
+
+def test_capabilities_follow_capeff(facts: system.SystemFacts) -> None:
+    mask = system.effective_capabilities()
+    for name, bit in system.CAPABILITY_BITS.items():
+        assert (name in facts.capabilities) == bool(mask >> bit & 1)
+    assert facts.cap_sys_ptrace == ("CAP_SYS_PTRACE" in facts.capabilities)
+
+
+def _as_unprivileged(facts: system.SystemFacts, user_mode_only_works: bool):
+    """The facts of a user without CAP_SYS_PTRACE at vm.unprivileged_userfaultfd=0."""
+    import dataclasses
+
+    modes = (
+        system.OpenMode(
+            "syscall", True, False, "EPERM: vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE"
+        ),
+        system.OpenMode(
+            "syscall user-mode-only",
+            False,
+            user_mode_only_works,
+            "" if user_mode_only_works else "EINVAL: UFFD_USER_MODE_ONLY needs kernel >= 5.11",
+        ),
+        system.OpenMode("/dev/userfaultfd", True, False, "EACCES: no read/write permission"),
+    )
+    return dataclasses.replace(facts, open_modes=modes, capabilities=frozenset(), is_root=False)
+
+
+def test_user_mode_only_when_it_is_the_only_mode(facts: system.SystemFacts) -> None:
+    unprivileged = _as_unprivileged(facts, user_mode_only_works=True)
+    assert unprivileged.user_mode_only and not unprivileged.kernel_faults
+    refusal = unprivileged.kernel_faults_refusal
+    for named in ("vm.unprivileged_userfaultfd=0", "CAP_SYS_PTRACE", "/dev/userfaultfd", "EACCES"):
+        assert named in refusal, refusal
+    assert "user-mode-only" not in refusal  # it works: not a reason
+    privileges = unprivileged.privileges
+    assert privileges.kernel_faults_refusal == refusal and not privileges.capabilities
+
+
+def test_no_mode_at_all_is_not_user_mode_only(facts: system.SystemFacts) -> None:
+    nothing = _as_unprivileged(facts, user_mode_only_works=False)
+    assert not nothing.user_mode_only and not nothing.kernel_faults
+    assert "5.11" not in nothing.kernel_faults_refusal  # only the kernel-mode ways are named
+
+
+def test_unprobed_modes_assume_kernel_faults(facts: system.SystemFacts) -> None:
+    import dataclasses
+
+    unprobed = dataclasses.replace(facts, open_modes=())
+    assert unprobed.kernel_faults and not unprobed.user_mode_only
+    assert unprobed.kernel_faults_refusal == ""

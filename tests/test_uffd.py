@@ -23,7 +23,7 @@ from uffdharness.abi import (
     RegisterMode,
     WriteProtectMode,
 )
-from uffdharness.errors import FeatureUnavailable, UffdError
+from uffdharness.errors import FeatureUnavailable, RegisteredSourceError, UffdError
 from uffdharness.events import (
     ForkEvent,
     PagefaultEvent,
@@ -116,11 +116,27 @@ def test_missing_feature_is_named(monkeypatch):
 
     probe = probe_api()
     fake = uffd_module.ApiProbe(probe.features & ~Feature.MOVE, probe.ioctls, probe.opened_via)
-    monkeypatch.setattr(uffd_module, "probe_api", lambda: fake)
+    monkeypatch.setattr(uffd_module, "probe_api", lambda **flags: fake)
     with pytest.raises(FeatureUnavailable) as info:
         Userfaultfd.open(Feature.MOVE | Feature.THREAD_ID)
     assert info.value.missing == ["MOVE"]
     assert "kernel lacks feature(s) MOVE" in str(info.value)
+
+
+def test_probe_is_cached_per_open_flag_set():
+    full = probe_api()
+    user_mode_only = probe_api(user_mode_only=True)
+    assert probe_api(user_mode_only=True) is user_mode_only  # cached, not reopened
+    assert user_mode_only is not full
+    # UFFD_USER_MODE_ONLY restricts which faults are queued, not what UFFDIO_API offers.
+    assert user_mode_only.features == full.features
+
+
+def test_open_user_mode_only_with_features_is_recorded():
+    with Userfaultfd.open(Feature.THREAD_ID, user_mode_only=True) as uffd:
+        assert uffd.user_mode_only and uffd.features == Feature.THREAD_ID
+    with Userfaultfd.open() as uffd:
+        assert not uffd.user_mode_only
 
 
 def test_bad_api_version_is_einval():
@@ -209,6 +225,41 @@ def test_register_error_paths(case, uffd, region_factory):
     assert f"{start:#x}" in str(error)
 
 
+NOT_U64 = [-1, -4096, 1 << 64, (1 << 64) + 4096]
+RANGE_CALLS = {
+    "UFFDIO_REGISTER": lambda uffd, addr, length: uffd.register(addr, length),
+    "UFFDIO_UNREGISTER": lambda uffd, addr, length: uffd.unregister(addr, length),
+    "UFFDIO_WAKE": lambda uffd, addr, length: uffd.wake(addr, length),
+    "UFFDIO_ZEROPAGE": lambda uffd, addr, length: uffd.zeropage(addr, length),
+    "UFFDIO_WRITEPROTECT": lambda uffd, addr, length: uffd.writeprotect(addr, length),
+    "UFFDIO_CONTINUE": lambda uffd, addr, length: uffd.continue_(addr, length),
+    "UFFDIO_POISON": lambda uffd, addr, length: uffd.poison(addr, length),
+    "UFFDIO_COPY": lambda uffd, addr, length: uffd.copy(addr, 0x10000, length),
+    "UFFDIO_MOVE": lambda uffd, addr, length: uffd.move(addr, 0x10000, length),
+}
+
+
+@pytest.mark.parametrize("op", sorted(RANGE_CALLS))
+@pytest.mark.parametrize("bad", NOT_U64, ids=hex)
+@pytest.mark.parametrize("field", ["address", "length"])
+def test_range_outside_u64_is_einval_before_the_kernel(op, bad, field, uffd):
+    addr, length = (bad, 4096) if field == "address" else (0x10000, bad)
+    with pytest.raises(UffdError) as info:  # not cffi's OverflowError
+        RANGE_CALLS[op](uffd, addr, length)
+    error = info.value
+    assert (error.errno_name, error.op, error.start, error.length) == ("EINVAL", op, addr, length)
+    assert f"{field} {bad:#x} is not a __u64" in str(error)
+
+
+@pytest.mark.parametrize("bad", NOT_U64, ids=hex)
+def test_copy_and_move_source_outside_u64_is_einval(bad, uffd):
+    for op, call in (("UFFDIO_COPY", uffd.copy), ("UFFDIO_MOVE", uffd.move)):
+        with pytest.raises(UffdError) as info:
+            call(0x10000, bad, 4096)
+        assert (info.value.errno_name, info.value.op) == ("EINVAL", op)
+        assert f"source {bad:#x} is not a __u64" in str(info.value)
+
+
 def test_unregister_of_unregistered_range_is_allowed(uffd, region_factory):
     region = region_factory("anon", 2)
     uffd.unregister(region)
@@ -252,6 +303,116 @@ def test_copy_from_region_address(kind, uffd, region_factory):
     uffd.register(region)
     assert uffd.copy(region.addr, source.addr, region.length) == region.length
     assert region.find_indexed_mismatch(seed=7) is None
+
+
+def _copy_from_registered_source(kind: str, mode: RegisterMode) -> str:
+    """COPY from an unpopulated source registered on the same uffd: the refusal, or
+    "copied" (run in a child: without the refusal the ioctl never returns)."""
+    with (
+        Userfaultfd.open(PASSIVE_FEATURES) as uffd,
+        allocate(kind, 2) as dst,
+        allocate(kind, 2) as src,
+    ):
+        uffd.register(dst)
+        uffd.register(src, mode=mode)
+        try:
+            uffd.copy(dst.addr, src.addr + src.page_size, src.page_size)
+        except RegisteredSourceError as refusal:
+            return f"{type(refusal).__name__}: {refusal}"
+        return "copied"
+
+
+@pytest.mark.parametrize("kind", ["anon", "shmem"])
+def test_copy_from_registered_source_is_refused_not_blocked(kind):
+    outcome = run_in_child(_copy_from_registered_source, kind, RegisterMode.MISSING, timeout=10)
+    assert outcome.status == "ok", outcome  # "timeout" is the bug: COPY slept in the fault
+    assert outcome.value.startswith("RegisteredSourceError: UFFDIO_COPY ["), outcome.value
+    assert "Resource deadlock avoided" in outcome.value  # EDEADLK, Python names it EDEADLOCK
+    assert "registered (MISSING) on this uffd" in outcome.value
+    assert "allow_registered_source=True" in outcome.value
+    assert outcome.duration_s < 5
+
+
+def test_copy_from_minor_registered_source_is_refused():
+    outcome = run_in_child(_copy_from_registered_source, "shmem", RegisterMode.MINOR, timeout=10)
+    assert outcome.status == "ok" and "registered (MINOR)" in outcome.value, outcome
+
+
+def test_copy_from_wp_only_registered_source_is_allowed(uffd, region_factory):
+    # A read never raises a WP fault: the kernel's read of the source cannot block.
+    dst, src = region_factory("anon", 1), region_factory("anon", 1)
+    src.fill(b"wp-source")
+    uffd.register(dst)
+    uffd.register(src, mode=RegisterMode.WP)
+    uffd.writeprotect(src)
+    assert uffd.copy(dst.addr, src.addr, src.length) == src.length
+    assert dst.verify(b"wp-source")
+
+
+def test_registered_source_override_copies_a_populated_source(uffd, region_factory):
+    dst, src = region_factory("anon", 2), region_factory("anon", 2)
+    src.fill(b"populated!")
+    uffd.register(dst)
+    uffd.register(src)
+    with pytest.raises(RegisteredSourceError) as info:  # the rule is registration
+        uffd.copy(dst.addr, src.addr, src.length)
+    refusal = info.value
+    assert (refusal.src, refusal.registered_start) == (src.addr, src.addr)
+    assert refusal.modes == ["MISSING"]
+    assert isinstance(refusal, UffdError) and refusal.errno == errno.EDEADLK
+    assert uffd.copy(dst.addr, src.addr, src.length, allow_registered_source=True) == src.length
+    assert dst.verify(b"populated!")
+
+
+def test_registered_source_refusal_crosses_a_process_boundary(uffd, region_factory):
+    import pickle
+
+    dst, src = region_factory("anon", 1), region_factory("anon", 1)
+    uffd.register(dst)
+    uffd.register(src)
+    with pytest.raises(RegisteredSourceError) as info:
+        uffd.copy(dst.addr, src.addr, src.length)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is RegisteredSourceError and str(copy) == str(info.value)
+
+
+def test_copy_after_source_unregistered_or_replaced_is_allowed(uffd, region_factory):
+    dst, src = region_factory("anon", 3), region_factory("anon", 2)
+    src.fill(b"source")
+    uffd.register(dst)
+    uffd.register(src)
+    uffd.unregister(src.addr, src.page_size)  # page 0 no longer registered
+    assert uffd.copy(dst.addr, src.addr, src.page_size) == src.page_size
+    # Page 1 still registered in this object's table, but a MAP_FIXED mapping replaced the
+    # VMA (and its registration): smaps says it is plain memory now, so no refusal.
+    fixed = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
+    sc.mmap(src.addr + src.page_size, src.page_size, sc.PROT_RW, fixed)
+    assert uffd.copy(dst.page_addr(1), src.addr + src.page_size, src.page_size) == src.page_size
+    with pytest.raises(RegisteredSourceError):  # dst itself is registered
+        uffd.copy(dst.page_addr(2), dst.addr, dst.page_size)
+
+
+def _move_from_registered_hole() -> str:
+    with (
+        Userfaultfd.open(Feature.MOVE) as uffd,
+        allocate("anon", 1) as dst,
+        allocate("anon", 1) as src,
+    ):
+        uffd.register(dst)
+        uffd.register(src)
+        try:
+            uffd.move(dst.addr, src.addr, src.length)
+        except UffdError as error:
+            return error.errno_name
+        return "moved"
+
+
+@pytest.mark.requires_feature("MOVE")
+def test_move_from_registered_hole_is_enoent_not_a_hang():
+    """Why move() refuses no registered source: move_pages() walks the source's page
+    tables and never faults on them."""
+    outcome = run_in_child(_move_from_registered_hole, timeout=10)
+    assert (outcome.status, outcome.value) == ("ok", "ENOENT"), outcome
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -511,6 +672,26 @@ def _event_fork():
     own_fd = uffd.fileno()
     event.uffd.close()
     return type(event), child_fd, own_fd, os.path.exists(f"/proc/self/fd/{child_fd}")
+
+
+def _fork_event_flags(user_mode_only: bool) -> bool:
+    region = allocate("anon", 1)
+    uffd = Userfaultfd.open(Feature.EVENT_FORK, user_mode_only=user_mode_only)
+    uffd.register(region)
+    result = {}
+    forker = threading.Thread(target=lambda: result.setdefault("pid", lib.uh_fork_and_exit(0)))
+    forker.start()
+    event = uffd.read_events(timeout=5)[0]
+    forker.join(5)
+    os.waitpid(result["pid"], 0)
+    with event.uffd:
+        return event.uffd.user_mode_only
+
+
+@pytest.mark.parametrize("user_mode_only", [False, True])
+def test_fork_event_uffd_keeps_the_parents_open_flags(user_mode_only):
+    # dup_userfaultfd() copies the parent ctx's flags, UFFD_USER_MODE_ONLY among them.
+    assert run_in_child(_fork_event_flags, user_mode_only, timeout=10).unwrap() is user_mode_only
 
 
 def test_fork_event_adopts_child_uffd():

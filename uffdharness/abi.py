@@ -58,6 +58,23 @@ FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
 }
 
 
+# Features UFFDIO_API grants only to a caller holding a capability (in the initial user
+# namespace): userfaultfd_api() in fs/userfaultfd.c refuses EVENT_FORK with EPERM unless
+# capable(CAP_SYS_PTRACE), since the child's uffd lets the handler reach another mm.
+FEATURE_CAPABILITY: dict[Feature, str] = {
+    Feature.EVENT_FORK: "CAP_SYS_PTRACE",
+}
+
+
+def capabilities_needed(features: Feature) -> dict[str, str]:
+    """{feature name: capability} for the bits of ``features`` that need a capability."""
+    return {
+        feature.name: capability
+        for feature, capability in FEATURE_CAPABILITY.items()
+        if feature in features and feature.name
+    }
+
+
 def missing_features(wanted: Feature, offered: Feature) -> Feature:
     """The bits of ``wanted`` that ``offered`` lacks (IntFlag's ~ only inverts known bits)."""
     return Feature(int(wanted) & ~int(offered))

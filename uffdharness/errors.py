@@ -80,3 +80,54 @@ class FeatureUnavailable(UffdError):
 
 class HarnessError(RuntimeError):
     """The harness itself was misused or could not set up (not a kernel verdict)."""
+
+
+class RegisteredSourceError(UffdError):
+    """UFFDIO_COPY refused before the kernel saw it: its source overlaps a range registered
+    on the same uffd for MISSING or MINOR faults.
+
+    The kernel reads the source with copy_from_user(); on an unpopulated page of such a
+    range that read faults into handle_userfault() and the ioctl sleeps until the fault is
+    resolved, by a caller that is itself inside the ioctl. No signal but SIGKILL ends it.
+    The errno, EDEADLK (errno.errorcode names it EDEADLOCK), is the harness's, not the
+    kernel's.
+    """
+
+    def __init__(
+        self,
+        dst: int,
+        length: int,
+        src: int,
+        registered_start: int,
+        registered_length: int,
+        modes: list[str],
+    ) -> None:
+        self.src = src
+        self.registered_start = registered_start
+        self.registered_length = registered_length
+        self.modes = list(modes)
+        super().__init__(
+            errno_module.EDEADLK,
+            "UFFDIO_COPY",
+            dst,
+            length,
+            detail=(
+                f"source {src:#x}+{length:#x} overlaps {registered_start:#x}"
+                f"+{registered_length:#x}, registered ({'|'.join(self.modes)}) on this uffd: "
+                "the kernel's read of an unpopulated page there would fault and block the "
+                "ioctl; pass allow_registered_source=True for a populated source"
+            ),
+        )
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (
+                self.start,
+                self.length,
+                self.src,
+                self.registered_start,
+                self.registered_length,
+                self.modes,
+            ),
+        )

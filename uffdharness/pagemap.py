@@ -307,13 +307,13 @@ def wp_pages(region: Region) -> list[int]:
     return [i for i in range(region.pages) if mask >> i & 1]
 
 
-def probe_uffd_wp_bit() -> bool:
+def probe_uffd_wp_bit(user_mode_only: bool = False) -> bool:
     """Whether pagemap reports uffd-wp ("mm/pagemap: export uffd-wp protection
     information", 5.14): older kernels leave bit 57 clear without any error, so protect
     one anonymous page and look. Use ``system.facts().pagemap_uffd_wp``, which asks once."""
     with allocate("anon", 1) as region:
         region.touch(0, write=True)
-        with Userfaultfd.open(Feature.PAGEFAULT_FLAG_WP) as uffd:
+        with Userfaultfd.open(Feature.PAGEFAULT_FLAG_WP, user_mode_only=user_mode_only) as uffd:
             uffd.register(region, mode=RegisterMode.WP)
             uffd.writeprotect(region)
             return wp_pages(region) == [0]

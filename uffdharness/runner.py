@@ -126,7 +126,9 @@ def run_pair(
     item: Scenario, kind: str, info: SystemFacts, timeout: float, hugetlb_skip: str | None
 ) -> Result:
     started = time.monotonic()
-    reason = item.skip_reason(info.kernel, info.offered, info.is_root, kind)
+    reason = item.skip_reason(
+        info.kernel, info.offered, info.is_root, kind, privileges=info.privileges
+    )
     if info.uffd_error:
         reason = f"userfaultfd unavailable: {info.uffd_error}"
     if reason is None and MemoryKind(kind).is_hugetlb and hugetlb_skip:

@@ -22,16 +22,21 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAP_SYS_PTRACE",
+    "OpenMode",
+    "Privileges",
     "SystemFacts",
     "UffdApiFacts",
     "collect",
     "facts",
     "effective_capabilities",
     "kernel_version",
+    "probe_open_modes",
     "probe_uffd_api",
 ]
 
 CAP_SYS_PTRACE = 19
+# The capabilities a check may need, by name (include/uapi/linux/capability.h).
+CAPABILITY_BITS = {"CAP_SYS_PTRACE": CAP_SYS_PTRACE}
 
 DEV_USERFAULTFD = "/dev/userfaultfd"
 SYSCTL_UNPRIVILEGED_USERFAULTFD = "/proc/sys/vm/unprivileged_userfaultfd"
@@ -49,6 +54,7 @@ class UffdApiFacts:
     ioctls: tuple[str, ...] = ()
     features_mask: int | None = None
     ioctls_mask: int | None = None
+    user_mode_only: bool = False  # the probe needed UFFD_USER_MODE_ONLY to open
 
     @property
     def available(self) -> bool:
@@ -62,7 +68,35 @@ class UffdApiFacts:
             "ioctls": list(self.ioctls),
             "features_mask": self.features_mask,
             "ioctls_mask": self.ioctls_mask,
+            "user_mode_only": self.user_mode_only,
         }
+
+
+@dataclass(frozen=True)
+class OpenMode:
+    """One way to open a userfaultfd, and whether this process may use it."""
+
+    name: str  # "syscall", "syscall user-mode-only", "/dev/userfaultfd"
+    kernel_faults: bool  # whether its uffd also gets faults the kernel's own accesses raise
+    works: bool
+    refusal: str = ""  # why not: errno and the rule behind it
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kernel_faults": self.kernel_faults,
+            "works": self.works,
+            "refusal": self.refusal,
+        }
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """What a scenario's declared needs are judged against, besides kernel and features."""
+
+    is_root: bool
+    capabilities: frozenset[str]  # names from CAPABILITY_BITS held in CapEff
+    kernel_faults_refusal: str = ""  # why no uffd here handles kernel-mode faults, or ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +118,8 @@ class SystemFacts:
     thp_enabled: str | None
     thp_shmem_enabled: str | None
     uffd: UffdApiFacts
+    open_modes: tuple[OpenMode, ...] = ()
+    capabilities: frozenset[str] = frozenset()
 
     @property
     def offered(self) -> Feature:
@@ -127,21 +163,38 @@ class SystemFacts:
         from uffdharness.pagemap import probe_uffd_wp_bit
 
         wp = Feature.PAGEFAULT_FLAG_WP
-        return self.uffd.available and wp in self.offered and probe_uffd_wp_bit()
+        available = self.uffd.available and wp in self.offered
+        return available and probe_uffd_wp_bit(user_mode_only=self.user_mode_only)
 
     def probe_lazy(self) -> None:
         """Run the probes scenarios ask for (pagemap's uffd-wp bit) now."""
         _ = self.pagemap_uffd_wp
 
     @property
-    def may_use_uffd_syscall(self) -> bool:
-        """Whether userfaultfd(2) should give a fd that can handle kernel-mode faults.
+    def kernel_faults(self) -> bool:
+        """Whether some way of opening gives this process a uffd that handles kernel-mode
+        faults (True when the modes were not probed: nothing says otherwise)."""
+        return not self.open_modes or any(m.works and m.kernel_faults for m in self.open_modes)
 
-        With vm.unprivileged_userfaultfd=0 (default since 5.11) the syscall needs
-        CAP_SYS_PTRACE unless UFFD_USER_MODE_ONLY is passed; /dev/userfaultfd (6.1) is
-        governed by its file mode instead.
-        """
-        return self.cap_sys_ptrace or self.unprivileged_userfaultfd == 1
+    @property
+    def user_mode_only(self) -> bool:
+        """Whether uffds must be opened with UFFD_USER_MODE_ONLY: it is the only way this
+        process gets one (vm.unprivileged_userfaultfd=0, no CAP_SYS_PTRACE, no access to
+        /dev/userfaultfd)."""
+        return not self.kernel_faults and any(m.works for m in self.open_modes)
+
+    @property
+    def kernel_faults_refusal(self) -> str:
+        """Why no uffd of this process handles kernel-mode faults, naming each way's rule;
+        "" when one does."""
+        if self.kernel_faults:
+            return ""
+        refused = [f"{m.name}: {m.refusal}" for m in self.open_modes if m.kernel_faults]
+        return "kernel-mode faults are refused to this process (" + "; ".join(refused) + ")"
+
+    @property
+    def privileges(self) -> Privileges:
+        return Privileges(self.is_root, self.capabilities, self.kernel_faults_refusal)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -162,6 +215,9 @@ class SystemFacts:
             "unprivileged_userfaultfd": self.unprivileged_userfaultfd,
             "is_root": self.is_root,
             "cap_sys_ptrace": self.cap_sys_ptrace,
+            "capabilities": sorted(self.capabilities),
+            "open_modes": [mode.to_json() for mode in self.open_modes],
+            "user_mode_only": self.user_mode_only,
             "hugepages": [pool.to_json() for pool in self.hugepages],
             "default_hugepage_kb": self.default_hugepage_kb,
             "thp": {"enabled": self.thp_enabled, "shmem_enabled": self.thp_shmem_enabled},
@@ -217,15 +273,66 @@ def kernel_warned() -> bool:
         return bool(int(tainted.read()) & (1 << 9))
 
 
-def probe_uffd_api() -> UffdApiFacts:
-    """Features and ioctls the running kernel grants, or the reason none could be probed."""
+def _dev_node() -> str:
+    """/dev/userfaultfd's mode and owner, for a refusal."""
+    try:
+        node = os.stat(DEV_USERFAULTFD)
+    except OSError:
+        return ""
+    return f"node mode {node.st_mode & 0o777:04o} uid {node.st_uid} gid {node.st_gid}"
+
+
+def _refusal_text(error: OSError, unprivileged: int | None, capabilities: frozenset[str]) -> str:
+    """The refusal's errno, and the rule behind it in this process's terms."""
+    from uffdharness.errors import errno_name
+
+    name = errno_name(error.errno or 0)
+    if name == "EPERM" and "CAP_SYS_PTRACE" not in capabilities:
+        return f"EPERM: vm.unprivileged_userfaultfd={unprivileged} and no CAP_SYS_PTRACE"
+    if name == "EACCES":
+        return f"EACCES: no read/write permission ({_dev_node()}, euid {os.geteuid()})"
+    if name == "ENOENT":
+        return "absent (added in 6.1)"
+    if name == "EINVAL":
+        return "EINVAL: UFFD_USER_MODE_ONLY needs kernel >= 5.11"
+    return str(error)
+
+
+def probe_open_modes(
+    unprivileged: int | None, capabilities: frozenset[str]
+) -> tuple[OpenMode, ...]:
+    """Try each way to open a uffd: the syscall (kernel-mode faults too), the syscall with
+    UFFD_USER_MODE_ONLY (5.11), /dev/userfaultfd (6.1, kernel-mode faults too)."""
+    try:
+        from uffdharness.uffd import open_refusal
+    except ImportError:
+        return ()
+    modes = []
+    for name, via, user_mode_only in (
+        ("syscall", "syscall", False),
+        ("syscall user-mode-only", "syscall", True),
+        (DEV_USERFAULTFD, "dev", False),
+    ):
+        refusal = open_refusal(via, user_mode_only)  # type: ignore[arg-type]
+        text = "" if refusal is None else _refusal_text(refusal, unprivileged, capabilities)
+        modes.append(OpenMode(name, not user_mode_only, refusal is None, text))
+    return tuple(modes)
+
+
+def probe_uffd_api(modes: tuple[OpenMode, ...] = ()) -> UffdApiFacts:
+    """Features and ioctls the running kernel grants, or the reason none could be probed.
+    Opened with UFFD_USER_MODE_ONLY when ``modes`` say that is the only way."""
     try:
         from uffdharness.abi import flag_names
         from uffdharness.uffd import probe_api
     except ImportError as error:
         return UffdApiFacts(status=f"unavailable: {error}")
+    if modes and not any(mode.works for mode in modes):
+        refusals = "; ".join(f"{mode.name}: {mode.refusal}" for mode in modes)
+        return UffdApiFacts(status=f"unavailable: {refusals}")
+    user_mode_only = bool(modes) and not any(m.works and m.kernel_faults for m in modes)
     try:
-        probe = probe_api()
+        probe = probe_api(user_mode_only=user_mode_only)
     except OSError as error:  # UffdError: no syscall, EPERM, no /dev/userfaultfd access
         return UffdApiFacts(status=f"unavailable: {error}")
     return UffdApiFacts(
@@ -235,6 +342,7 @@ def probe_uffd_api() -> UffdApiFacts:
         ioctls=tuple(sorted(flag_names(probe.ioctls))),
         features_mask=int(probe.features),
         ioctls_mask=int(probe.ioctls),
+        user_mode_only=user_mode_only,
     )
 
 
@@ -258,8 +366,13 @@ def collect() -> SystemFacts:
     """Gather every fact afresh; never raises for a missing feature, records it instead."""
     uname = platform.uname()
     kernel = kernel_version()
-    unprivileged = _read_text(SYSCTL_UNPRIVILEGED_USERFAULTFD)
-    capabilities = effective_capabilities()
+    unprivileged_text = _read_text(SYSCTL_UNPRIVILEGED_USERFAULTFD)
+    unprivileged = int(unprivileged_text) if unprivileged_text is not None else None
+    capability_mask = effective_capabilities()
+    capabilities = frozenset(
+        name for name, bit in CAPABILITY_BITS.items() if capability_mask >> bit & 1
+    )
+    modes = probe_open_modes(unprivileged, capabilities)
     return SystemFacts(
         release=uname.release,
         version=uname.version,
@@ -268,12 +381,14 @@ def collect() -> SystemFacts:
         page_size=os.sysconf("SC_PAGE_SIZE"),
         dev_userfaultfd=os.path.exists(DEV_USERFAULTFD),
         dev_userfaultfd_accessible=os.access(DEV_USERFAULTFD, os.R_OK | os.W_OK),
-        unprivileged_userfaultfd=int(unprivileged) if unprivileged is not None else None,
+        unprivileged_userfaultfd=unprivileged,
         is_root=os.geteuid() == 0,
-        cap_sys_ptrace=bool(capabilities >> CAP_SYS_PTRACE & 1),
+        cap_sys_ptrace="CAP_SYS_PTRACE" in capabilities,
         hugepages=_hugepage_pools(),
         default_hugepage_kb=hugepages.default_size_kb(),
         thp_enabled=_bracketed(_read_text(THP_ENABLED)),
         thp_shmem_enabled=_bracketed(_read_text(THP_SHMEM_ENABLED)),
-        uffd=probe_uffd_api(),
+        uffd=probe_uffd_api(modes),
+        open_modes=modes,
+        capabilities=capabilities,
     )

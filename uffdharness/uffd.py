@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -23,10 +24,11 @@ from .abi import (
     RegisterMode,
     WriteProtectMode,
     ZeropageMode,
+    capabilities_needed,
     flag_names,
     missing_features,
 )
-from .errors import FeatureUnavailable, UffdError
+from .errors import FeatureUnavailable, RegisteredSourceError, UffdError, errno_name
 from .events import (
     Event,
     ForkEvent,
@@ -57,6 +59,69 @@ def _as_range(target: Target, length: int | None) -> tuple[int, int]:
     return target.addr, target.length if length is None else length
 
 
+U64_END = 1 << 64
+
+
+def _refuse_non_u64(op: str, start: int, length: int, **others: int) -> None:
+    """Every address and length of a range ioctl is a __u64: refuse a negative or too large
+    value as the kernel would refuse a bad range (EINVAL), before cffi's OverflowError."""
+    for name, value in (("address", start), ("length", length), *others.items()):
+        if isinstance(value, int) and not 0 <= value < U64_END:
+            raise UffdError(
+                errno.EINVAL, op, start, length, detail=f"{name} {value:#x} is not a __u64"
+            )
+
+
+# Register modes whose faults a plain read raises: MISSING on an empty page, MINOR on a page
+# in the page cache with no PTE. A WP-only range never faults on a read.
+READ_FAULTING_MODES = RegisterMode.MISSING | RegisterMode.MINOR
+# smaps VmFlags of a VMA registered for those modes.
+READ_FAULTING_VM_FLAGS = frozenset({"um", "ui"})
+
+
+class _Registrations:
+    """The ranges one Userfaultfd object registered, each with every mode asked for it.
+
+    Kept from register/unregister, so it goes stale when a registered range is unmapped or
+    moved: it only says where to look in smaps, never decides alone.
+    """
+
+    def __init__(self) -> None:
+        self._spans: tuple[tuple[int, int, RegisterMode], ...] = ()
+        self._lock = threading.Lock()  # register/unregister may race from several threads
+
+    @staticmethod
+    def _without(spans, start: int, end: int):
+        kept = []
+        for first, last, mode in spans:
+            if last <= start or first >= end:
+                kept.append((first, last, mode))
+                continue
+            if first < start:
+                kept.append((first, start, mode))
+            if last > end:
+                kept.append((end, last, mode))
+        return kept
+
+    def add(self, start: int, end: int, mode: RegisterMode) -> None:
+        with self._lock:
+            modes = mode
+            for first, last, old in self._spans:
+                if first < end and last > start:
+                    modes |= old  # kept conservative: every mode ever asked for here
+            spans = self._without(self._spans, start, end) + [(start, end, modes)]
+            self._spans = tuple(sorted(spans, key=lambda span: span[0]))
+
+    def remove(self, start: int, end: int) -> None:
+        with self._lock:
+            self._spans = tuple(self._without(self._spans, start, end))
+
+    def overlapping(self, start: int, end: int, modes: RegisterMode):
+        return [
+            span for span in self._spans if span[0] < end and span[1] > start and span[2] & modes
+        ]
+
+
 @dataclass(frozen=True, slots=True)
 class ApiResult:
     """What UFFDIO_API granted.
@@ -79,31 +144,100 @@ class ApiProbe:
     opened_via: str
 
 
+# userfaultfd_syscall_allowed() in fs/userfaultfd.c (5.11 on): without UFFD_USER_MODE_ONLY
+# the syscall needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1, else EPERM.
+SYSCALL_EPERM = (
+    "kernel-mode faults need CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1; "
+    "UFFD_USER_MODE_ONLY (5.11) needs neither"
+)
+# The device itself checks nothing more: opening the node is the permission.
+DEV_EACCES = "no read/write permission on /dev/userfaultfd (root-only 0600 by default)"
+
+
+def _syscall_refusal(code: int, flags: int) -> str:
+    if code == errno.EPERM and not flags & OpenFlag.USER_MODE_ONLY:
+        return SYSCALL_EPERM
+    if code == errno.EINVAL and flags & OpenFlag.USER_MODE_ONLY:
+        return "UFFD_USER_MODE_ONLY needs kernel >= 5.11"
+    if code == errno.ENOSYS:
+        return "no userfaultfd(2) (CONFIG_USERFAULTFD off, or filtered by seccomp)"
+    return ""
+
+
+def _dev_refusal(code: int) -> str:
+    if code == errno.EACCES:
+        return DEV_EACCES
+    if code == errno.ENOENT:
+        return "no /dev/userfaultfd (added in 6.1)"
+    return ""
+
+
 def _open_fd(via: OpenVia, flags: int) -> tuple[int, str]:
     """Returns (fd, "syscall" | "/dev/userfaultfd")."""
+    syscall_refused = ""
     if via in ("auto", "syscall"):
         fd = lib.uh_userfaultfd_syscall(flags)
         if fd >= 0:
             return fd, "syscall"
-        # EPERM: vm.unprivileged_userfaultfd=0 without CAP_SYS_PTRACE; ENOSYS: no syscall.
+        # EPERM: kernel-mode faults refused to this process; ENOSYS: no syscall.
         if via == "syscall" or -fd not in (errno.EPERM, errno.ENOSYS):
-            raise UffdError(-fd, "userfaultfd(2)")
+            raise UffdError(-fd, "userfaultfd(2)", detail=_syscall_refusal(-fd, flags))
+        syscall_refused = f"userfaultfd(2) gave {errno_name(-fd)}"
+        reason = _syscall_refusal(-fd, flags)
+        syscall_refused += f" ({reason})" if reason else ""
     fd = lib.uh_userfaultfd_dev(flags)
     if fd < 0:
-        raise UffdError(-fd, "USERFAULTFD_IOC_NEW", detail="/dev/userfaultfd (6.1)")
+        why = [_dev_refusal(-fd), syscall_refused]
+        detail = "/dev/userfaultfd (6.1)" + "".join(f"; {part}" for part in why if part)
+        raise UffdError(-fd, "USERFAULTFD_IOC_NEW", detail=detail)
     return fd, "/dev/userfaultfd"
 
 
+def _open_flags(cloexec: bool, nonblock: bool, user_mode_only: bool) -> int:
+    flags = OpenFlag(0)
+    if cloexec:
+        flags |= OpenFlag.CLOEXEC
+    if nonblock:
+        flags |= OpenFlag.NONBLOCK
+    if user_mode_only:
+        flags |= OpenFlag.USER_MODE_ONLY
+    return int(flags)
+
+
+def open_refusal(via: Literal["syscall", "dev"], user_mode_only: bool) -> UffdError | None:
+    """Open and close a uffd this one way: None if it opened, else the kernel's refusal."""
+    try:
+        fd, _ = _open_fd(via, _open_flags(True, True, user_mode_only))
+    except UffdError as refusal:
+        return refusal
+    Userfaultfd(fd).close()
+    return None
+
+
 class Userfaultfd(OwnedFd):
-    """One userfaultfd file descriptor; owns it and closes it exactly once."""
+    """One userfaultfd file descriptor; owns it and closes it exactly once.
+
+    ``user_mode_only``: opened with UFFD_USER_MODE_ONLY (5.11), so a fault the kernel's own
+    access raises (read(2) into registered memory, UFFDIO_COPY's read of its source) is not
+    queued: handle_userfault() gives VM_FAULT_SIGBUS and the syscall fails with EFAULT.
+    """
 
     _what = "userfaultfd"
 
-    def __init__(self, fd: int, opened_via: str = "adopted", features: Feature | None = None):
+    def __init__(
+        self,
+        fd: int,
+        opened_via: str = "adopted",
+        features: Feature | None = None,
+        *,
+        user_mode_only: bool = False,
+    ):
         self._fd = fd
         self.opened_via = opened_via
         self.features: Feature | None = features
         self.ioctls: Ioctl | None = None
+        self.user_mode_only = user_mode_only
+        self._registrations = _Registrations()
         self._msg_buffer = ffi.new("struct uh_uffd_msg[]", 64)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -122,16 +256,12 @@ class Userfaultfd(OwnedFd):
         """Open a uffd and (unless ``api=False``) negotiate ``features`` through UFFDIO_API.
 
         Asking for a feature the kernel lacks raises FeatureUnavailable naming it.
+        ``user_mode_only`` opens with UFFD_USER_MODE_ONLY: allowed to every user (5.11 on),
+        but only faults raised in user mode reach the handler.
         """
-        flags = 0
-        if cloexec:
-            flags |= OpenFlag.CLOEXEC
-        if nonblock:
-            flags |= OpenFlag.NONBLOCK
-        if user_mode_only:
-            flags |= OpenFlag.USER_MODE_ONLY
-        fd, opened_via = _open_fd(via, int(flags))
-        uffd = cls(fd, opened_via)
+        flags = _open_flags(cloexec, nonblock, user_mode_only)
+        fd, opened_via = _open_fd(via, flags)
+        uffd = cls(fd, opened_via, user_mode_only=user_mode_only)
         if api:
             try:
                 uffd.api(features)
@@ -165,11 +295,20 @@ class Userfaultfd(OwnedFd):
                 errno.EINVAL, "UFFDIO_API", detail=f"unknown feature bits {int(features):#x}"
             )
         if features:
-            offered = probe_api().features
+            # Probed the way this uffd was opened: a user who may only have a
+            # user-mode-only uffd gets EPERM/EACCES for any other.
+            offered = probe_api(user_mode_only=self.user_mode_only).features
             missing = missing_features(features, offered)
             if missing:
                 raise FeatureUnavailable(flag_names(missing), flag_names(offered))
-        return self.api_raw(int(features))
+        try:
+            return self.api_raw(int(features))
+        except UffdError as refusal:
+            needed = capabilities_needed(features)
+            if refusal.errno != errno.EPERM or not needed:
+                raise
+            detail = ", ".join(f"UFFD_FEATURE_{name} needs {cap}" for name, cap in needed.items())
+            raise UffdError(errno.EPERM, "UFFDIO_API", detail=detail) from None
 
     def api_raw(self, features: int, api: int = UFFD_API) -> ApiResult:
         """UFFDIO_API with exactly these bits, no checks (for probing error paths)."""
@@ -184,20 +323,25 @@ class Userfaultfd(OwnedFd):
     ) -> Ioctl:
         """UFFDIO_REGISTER; returns the ioctls allowed on the range."""
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_REGISTER", start, length)
         arg = ffi.new(
             "struct uh_uffdio_register *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
         )
         self._ioctl(IoctlRequest.REGISTER, arg, "UFFDIO_REGISTER", start, length)
+        self._registrations.add(start, start + length, RegisterMode(mode))
         return Ioctl(arg.ioctls)
 
     def unregister(self, target: Target, length: int | None = None) -> None:
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_UNREGISTER", start, length)
         arg = ffi.new("struct uh_uffdio_range *", {"start": start, "len": length})
         self._ioctl(IoctlRequest.UNREGISTER, arg, "UFFDIO_UNREGISTER", start, length)
+        self._registrations.remove(start, start + length)
 
     def wake(self, target: Target, length: int | None = None) -> None:
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_WAKE", start, length)
         arg = ffi.new("struct uh_uffdio_range *", {"start": start, "len": length})
         self._ioctl(IoctlRequest.WAKE, arg, "UFFDIO_WAKE", start, length)
 
@@ -220,11 +364,17 @@ class Userfaultfd(OwnedFd):
         src: int | bytes | bytearray | memoryview,
         length: int | None = None,
         mode: CopyMode = CopyMode(0),
+        *,
+        allow_registered_source: bool = False,
     ) -> int:
         """UFFDIO_COPY from an address, or from a bytes-like object kept alive for the call.
 
-        Returns bytes copied. ``src`` must not be unpopulated registered memory: the kernel's
-        own read would fault and block in handle_userfault() until someone resolves it.
+        Returns bytes copied. A source overlapping a range this object registered for
+        MISSING or MINOR faults (and still registered, by smaps) is refused with
+        RegisteredSourceError: the kernel's own read of an unpopulated page there faults
+        into handle_userfault() and the ioctl sleeps until someone resolves that fault,
+        which no signal but SIGKILL interrupts. ``allow_registered_source=True`` copies
+        anyway, for a source known to be populated.
         """
         keep = None
         if isinstance(src, int):
@@ -236,6 +386,9 @@ class Userfaultfd(OwnedFd):
             src_addr = int(ffi.cast("uintptr_t", keep))
             if length is None:
                 length = len(keep)
+        _refuse_non_u64("UFFDIO_COPY", dst, length, source=src_addr)
+        if not allow_registered_source:
+            self._refuse_registered_source(dst, src_addr, length)
         arg = ffi.new(
             "struct uh_uffdio_copy *",
             {"dst": dst, "src": src_addr, "len": length, "mode": int(mode)},
@@ -245,10 +398,28 @@ class Userfaultfd(OwnedFd):
         finally:
             del keep
 
+    def _refuse_registered_source(self, dst: int, src: int, length: int) -> None:
+        if length <= 0:
+            return  # the kernel refuses it (EINVAL) without reading the source
+        spans = self._registrations.overlapping(src, src + length, READ_FAULTING_MODES)
+        if not spans:
+            return
+        from .maps import read_smaps_range  # only when the table says to look
+
+        live = [
+            vma
+            for vma in read_smaps_range(src, src + length)
+            if vma.vm_flags & READ_FAULTING_VM_FLAGS
+        ]
+        if live:
+            first, last, mode = spans[0]
+            raise RegisteredSourceError(dst, length, src, first, last - first, flag_names(mode))
+
     def zeropage(
         self, target: Target, length: int | None = None, mode: ZeropageMode = ZeropageMode(0)
     ) -> int:
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_ZEROPAGE", start, length)
         arg = ffi.new(
             "struct uh_uffdio_zeropage *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
@@ -265,6 +436,7 @@ class Userfaultfd(OwnedFd):
     ) -> None:
         """UFFDIO_WRITEPROTECT: mode WP protects, mode 0 unprotects (and wakes)."""
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_WRITEPROTECT", start, length)
         arg = ffi.new(
             "struct uh_uffdio_writeprotect *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
@@ -276,6 +448,7 @@ class Userfaultfd(OwnedFd):
     ) -> int:
         """UFFDIO_CONTINUE: map the page already in the page cache (minor faults)."""
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_CONTINUE", start, length)
         arg = ffi.new(
             "struct uh_uffdio_continue *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
@@ -287,6 +460,7 @@ class Userfaultfd(OwnedFd):
     ) -> int:
         """UFFDIO_POISON (6.6): later accesses get SIGBUS as for a hardware memory error."""
         start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_POISON", start, length)
         arg = ffi.new(
             "struct uh_uffdio_poison *",
             {"range": {"start": start, "len": length}, "mode": int(mode)},
@@ -294,7 +468,12 @@ class Userfaultfd(OwnedFd):
         return self._counted(IoctlRequest.POISON, arg, "updated", "UFFDIO_POISON", start, length)
 
     def move(self, dst: int, src: int, length: int, mode: MoveMode = MoveMode(0)) -> int:
-        """UFFDIO_MOVE (6.8): remap anonymous pages from src to dst without copying."""
+        """UFFDIO_MOVE (6.8): remap anonymous pages from src to dst without copying.
+
+        Unlike COPY, a registered source is no hazard: move_pages() walks the source's page
+        tables and gives ENOENT for a hole (unless ALLOW_SRC_HOLES), never faulting on it.
+        """
+        _refuse_non_u64("UFFDIO_MOVE", dst, length, source=src)
         arg = ffi.new(
             "struct uh_uffdio_move *",
             {"dst": dst, "src": src, "len": length, "mode": int(mode)},
@@ -333,7 +512,10 @@ class Userfaultfd(OwnedFd):
             fault = msg.arg.pagefault
             return PagefaultEvent(fault.address, FaultFlag(fault.flags), fault.feat.ptid)
         if kind == EventType.FORK:
-            child = Userfaultfd(msg.arg.fork.ufd, "fork event", self.features)
+            # dup_userfaultfd() gives the child's uffd the parent's flags.
+            child = Userfaultfd(
+                msg.arg.fork.ufd, "fork event", self.features, user_mode_only=self.user_mode_only
+            )
             child.ioctls = self.ioctls
             return ForkEvent(child)
         if kind == EventType.REMAP:
@@ -346,17 +528,16 @@ class Userfaultfd(OwnedFd):
         return UnknownEvent(kind, bytes(ffi.buffer(ffi.addressof(msg), ffi.sizeof(msg))))
 
 
-_probe_cache: ApiProbe | None = None
+_probe_cache: dict[bool, ApiProbe] = {}  # by user_mode_only: the open flags that matter
 
 
-def probe_api(refresh: bool = False) -> ApiProbe:
+def probe_api(refresh: bool = False, *, user_mode_only: bool = False) -> ApiProbe:
     """Features and ioctls the running kernel offers: UFFDIO_API with features=0 on a
-    throw-away uffd reports every feature the kernel supports."""
-    global _probe_cache
-    if _probe_cache is None or refresh:
-        fd, via = _open_fd("auto", int(OpenFlag.CLOEXEC | OpenFlag.NONBLOCK))
-        probe = Userfaultfd(fd, via)
-        with probe:
+    throw-away uffd reports every feature the kernel supports. The uffd is opened with
+    ``user_mode_only`` as the caller's was, since that decides whether it opens at all."""
+    if refresh or user_mode_only not in _probe_cache:
+        fd, via = _open_fd("auto", _open_flags(True, True, user_mode_only))
+        with Userfaultfd(fd, via, user_mode_only=user_mode_only) as probe:
             result = probe.api_raw(0)
-        _probe_cache = ApiProbe(result.offered, result.ioctls, via)
-    return _probe_cache
+        _probe_cache[user_mode_only] = ApiProbe(result.offered, result.ioctls, via)
+    return _probe_cache[user_mode_only]

@@ -44,6 +44,14 @@ def _yes_no(value: bool | None) -> str:
     return "unknown" if value is None else ("yes" if value else "no")
 
 
+def _modes_summary(facts: SystemFacts) -> str:
+    if facts.kernel_faults:
+        return "kernel-mode faults available"
+    if facts.user_mode_only:
+        return "user-mode faults only: checks that need kernel-mode faults skip"
+    return "none: every check skips"
+
+
 def render_info(facts: SystemFacts) -> str:
     """The facts as aligned ``label  value`` lines."""
     rows: list[tuple[str, str]] = []
@@ -70,9 +78,18 @@ def render_info(facts: SystemFacts) -> str:
         rows.append(("/dev/userfaultfd", f"present, {access}"))
     else:
         rows.append(("/dev/userfaultfd", "absent"))
+    if facts.open_modes:
+        rows.append(("uffd open modes", _modes_summary(facts)))
+    for mode in facts.open_modes:
+        if mode.works:
+            scope = "kernel- and user-mode" if mode.kernel_faults else "user-mode only"
+            rows.append((f"  {mode.name}", f"works ({scope} faults)"))
+        else:
+            rows.append((f"  {mode.name}", f"refused: {mode.refusal}"))
     rows.append(("userfaultfd", facts.uffd.status))
     if facts.uffd.available:
-        rows.append(("  opened via", str(facts.uffd.opened_via)))
+        user_mode_only = " with UFFD_USER_MODE_ONLY" if facts.uffd.user_mode_only else ""
+        rows.append(("  opened via", f"{facts.uffd.opened_via}{user_mode_only}"))
         rows.append(("  features", ", ".join(facts.uffd.features) or "(none)"))
         rows.append(("  fd ioctls", ", ".join(facts.uffd.ioctls) or "(none)"))
     rows.append(("THP enabled", facts.thp_enabled or "absent"))

@@ -39,7 +39,7 @@ def _open_result(**kwargs) -> str:
     memory=("anon",),
 )
 def api_probe(ctx: Context) -> Observation:
-    with Userfaultfd.open(api=False) as uffd:
+    with Userfaultfd.open(api=False, user_mode_only=ctx.system.user_mode_only) as uffd:
         result = uffd.api_raw(0)
     expected = expected_features(ctx.kernel)
     missing = missing_features(expected, result.offered)
@@ -65,11 +65,11 @@ def api_probe(ctx: Context) -> Observation:
         not (dev_expected and via_dev == "absent"),
         f"present on >= 6.1 (running {ctx.kernel})",
     )
-    check.fact("open_user_mode_only", _open_result(user_mode_only=True))
-    if not via_syscall.startswith("ok") and not via_dev.startswith("ok"):
+    via_user_mode_only = check.fact("open_user_mode_only", _open_result(user_mode_only=True))
+    if not any(way.startswith("ok") for way in (via_syscall, via_dev, via_user_mode_only)):
         check.problem(
             f"no way to open a userfaultfd: open_syscall {via_syscall}, "
-            f"open_dev_userfaultfd {via_dev}"
+            f"open_dev_userfaultfd {via_dev}, open_user_mode_only {via_user_mode_only}"
         )
     return check.observation(key=f"{len(flag_names(result.offered))} features")
 
@@ -123,7 +123,9 @@ def bad_inputs(ctx: Context) -> Observation:
         "zeropage_unaligned_length": (lambda: uffd.zeropage(region.addr, 100), "EINVAL"),
         "api_twice": (lambda: uffd.api_raw(0), "EINVAL"),
         "api_unknown_features": (
-            lambda: Userfaultfd.open(api=False).api_raw(1 << 40),
+            lambda: Userfaultfd.open(api=False, user_mode_only=ctx.system.user_mode_only).api_raw(
+                1 << 40
+            ),
             "EINVAL",
         ),
         "writeprotect_not_wp_registered": (

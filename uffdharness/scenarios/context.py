@@ -20,7 +20,7 @@ from ..kernelversion import KernelVersion
 from ..memory import KindSpec, MemoryKind, Region, allocate
 from ..system import SystemFacts
 from ..uffd import Userfaultfd
-from .model import Skip, missing_features, missing_features_reason
+from .model import Skip, capability_reason, missing_features, missing_features_reason
 
 RELEASE_GRACE_S = 5.0  # for threads woken by the close of their uffd to finish their access
 
@@ -69,7 +69,14 @@ class Context:
         return region
 
     def uffd(self, features: Feature = Feature(0), **kwargs: Any) -> Userfaultfd:
+        """A uffd with ``features``: a Skip if the kernel lacks one or this process lacks
+        the capability one needs; opened with UFFD_USER_MODE_ONLY where that is the only
+        way this process gets a uffd (the runner skipped what needs kernel-mode faults)."""
         self.require(features)
+        refused = capability_reason(features, self.system.privileges.capabilities)
+        if refused:
+            raise Skip(refused)
+        kwargs.setdefault("user_mode_only", self.system.user_mode_only)
         uffd = Userfaultfd.open(features, **kwargs)
         self._uffds.append(uffd)
         return uffd

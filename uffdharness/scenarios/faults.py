@@ -236,10 +236,11 @@ def minor_continue(ctx: Context) -> Observation:
     return check.observation(key=f"fault={fault_kind} data={'ok' if intact else 'BAD'}")
 
 
-def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature], None], verb: str):
+def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], verb: str):
     """Run ``touch`` in a child; the kernel must kill it with SIGBUS."""
     features = ctx.mode_features(RegisterMode.MISSING)
-    outcome = run_in_child(touch, ctx.memory.value, features, timeout=10)
+    user_mode_only = ctx.system.user_mode_only
+    outcome = run_in_child(touch, ctx.memory.value, features, user_mode_only, timeout=10)
     signal_name = signal.Signals(outcome.signal).name if outcome.signal else None
     check = Checks()
     check.expect("child", outcome.status, "crashed")
@@ -251,9 +252,9 @@ def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature], None], verb: s
     return check.observation(key=f"{verb} -> {signal_name or outcome.status}")
 
 
-def _poison_then_touch(kind: str, features: Feature) -> None:
+def _poison_then_touch(kind: str, features: Feature, user_mode_only: bool) -> None:
     region = allocate(kind, 1)
-    uffd = Userfaultfd.open(features | Feature.POISON)
+    uffd = Userfaultfd.open(features | Feature.POISON, user_mode_only=user_mode_only)
     uffd.register(region)
     uffd.poison(region)
     region.touch(0)  # must raise SIGBUS and kill this process
@@ -272,9 +273,9 @@ def poison(ctx: Context) -> Observation:
     return _sigbus_outcome(ctx, _poison_then_touch, "access")
 
 
-def _touch_with_sigbus_feature(kind: str, features: Feature) -> None:
+def _touch_with_sigbus_feature(kind: str, features: Feature, user_mode_only: bool) -> None:
     region = allocate(kind, 1)
-    uffd = Userfaultfd.open(features | Feature.SIGBUS)
+    uffd = Userfaultfd.open(features | Feature.SIGBUS, user_mode_only=user_mode_only)
     uffd.register(region)
     region.touch(0)  # no handler: SIGBUS instead of a fault message
 

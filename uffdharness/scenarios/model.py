@@ -2,9 +2,11 @@
 
 A scenario declares everything that decides whether it can run: the register modes it
 uses (their features per memory kind come from the memory-kind table), the features it
-needs besides, a minimum kernel, and the operations whose kernel support differs by kind.
-``Scenario.requirements`` turns that into version gates, which serve both the runner's
-skip (before any fork) and the matrix's skip expectations.
+needs besides, a minimum kernel, the operations whose kernel support differs by kind, and
+whether its faults are raised by the kernel's own accesses. ``Scenario.requirements``
+turns that into version gates, which serve both the runner's skip (before any fork) and
+the matrix's skip expectations; privileges (a feature's capability, kernel-mode faults)
+are judged against this process's ``Privileges``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..abi import (
     FEATURE_SINCE,
     Feature,
     RegisterMode,
+    capabilities_needed,
     flag_names,
     missing_features,
     missing_features_reason,
@@ -24,6 +27,7 @@ from ..abi import (
 from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
 from ..memory import CATALOGUE_KINDS, SPECS, kinds_where
+from ..system import Privileges
 
 Verdict = Literal["pass", "known-bug", "fail", "skip", "error", "hang"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "known-bug", "fail", "skip", "error", "hang")
@@ -37,6 +41,19 @@ SHARED_KINDS = kinds_where(lambda spec: spec.shared)
 
 class Skip(Exception):
     """Raised by a scenario that cannot run here; the message is the precise reason."""
+
+
+def capability_reason(features: Feature, capabilities: frozenset[str]) -> str | None:
+    """Why UFFDIO_API would refuse ``features`` to a process holding ``capabilities``."""
+    lacking = {
+        name: capability
+        for name, capability in capabilities_needed(features).items()
+        if capability not in capabilities
+    }
+    if not lacking:
+        return None
+    needs = ", ".join(f"UFFD_FEATURE_{name} needs {cap}" for name, cap in lacking.items())
+    return f"{needs} (UFFDIO_API refuses it with EPERM), which this process lacks"
 
 
 class Matcher:
@@ -150,6 +167,10 @@ class Scenario:
     features: Feature = Feature(0)  # needed on every memory kind, besides the modes'
     min_kernel: str | None = None
     uses: tuple[str, ...] = ()  # operations gated per kind in the table: "mremap", "zap", "drop"
+    # What makes the kernel itself fault on registered memory (a syscall reading or writing
+    # it, UFFDIO_COPY from it): such faults reach only a uffd opened without
+    # UFFD_USER_MODE_ONLY. "" when every fault comes from a user-mode access.
+    kernel_faults: str = ""
     needs_root: bool = False
     timeout: float | None = None  # seconds, when shorter than the run's --timeout
     hugepages: int = 4  # hugetlb pages a hugetlb run of this scenario maps at most
@@ -189,12 +210,20 @@ class Scenario:
         return minimum + features + operations
 
     def skip_reason(
-        self, kernel: KernelVersion, offered: Feature, is_root: bool, kind: str = "anon"
+        self,
+        kernel: KernelVersion,
+        offered: Feature,
+        is_root: bool,
+        kind: str = "anon",
+        *,
+        privileges: Privileges | None = None,
     ) -> str | None:
         """Features are judged by what the kernel offers (a backport counts), the other
-        gates by its version."""
+        gates by its version; capabilities and kernel-mode faults by ``privileges`` (None:
+        every privilege)."""
         minimum, operations = self._version_gates(kind)
-        missing = missing_features(self.features_on(kind), offered)
+        features = self.features_on(kind)
+        missing = missing_features(features, offered)
         for gate in minimum:
             if kernel < parse_version(gate.since):
                 return f"{gate.reason}, running {kernel}"
@@ -203,6 +232,15 @@ class Scenario:
         for gate in operations:
             if kernel < parse_version(gate.since):
                 return f"{gate.reason}, running {kernel}"
+        if privileges is not None:
+            refused = capability_reason(features, privileges.capabilities)
+            if refused:
+                return refused
+            if self.kernel_faults and privileges.kernel_faults_refusal:
+                return (
+                    f"needs kernel-mode faults ({self.kernel_faults}); "
+                    f"{privileges.kernel_faults_refusal}"
+                )
         if self.needs_root and not is_root:
             return "needs root"
         return None

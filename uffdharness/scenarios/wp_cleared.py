@@ -88,7 +88,9 @@ WP_MREMAP_FIX = KnownBug(
 )
 
 
-def _protect_and_move(kind: MemoryKind, features: Feature, write: bool) -> dict[str, Any]:
+def _protect_and_move(
+    kind: MemoryKind, features: Feature, write: bool, user_mode_only: bool
+) -> dict[str, Any]:
     """Protect a 3-page region, mremap it elsewhere, and report what the new range holds.
     With ``write`` also write every moved page (run this in a child: a stale marker is
     the kind of thing that could SIGBUS or hang)."""
@@ -96,7 +98,7 @@ def _protect_and_move(kind: MemoryKind, features: Feature, write: bool) -> dict[
     with (
         Reservation(3 * page, align=page) as parking,
         allocate(kind, 3) as region,
-        Userfaultfd.open(features) as uffd,
+        Userfaultfd.open(features, user_mode_only=user_mode_only) as uffd,
     ):
         region.fill_indexed(SEED, 0, 2)  # page 2 stays unpopulated
         uffd.register(region, mode=RegisterMode.WP)
@@ -140,8 +142,11 @@ def _protect_and_move(kind: MemoryKind, features: Feature, write: bool) -> dict[
 def wp_cleared_on_mremap(ctx: Context) -> Observation:
     features = ctx.mode_features(RegisterMode.WP)
     require_pagemap_uffd_wp(ctx)
-    moved = _protect_and_move(ctx.memory, features, write=False)
-    outcome = run_in_child(_protect_and_move, ctx.memory, features, True, timeout=10)
+    user_mode_only = ctx.system.user_mode_only
+    moved = _protect_and_move(ctx.memory, features, False, user_mode_only)
+    outcome = run_in_child(
+        _protect_and_move, ctx.memory, features, True, user_mode_only, timeout=10
+    )
     access: dict[str, Any] = {"child": outcome.status}
     if outcome.status == "ok":
         access.update(

@@ -187,20 +187,16 @@ def _wp_fork(ctx: Context) -> Observation:
     variants = {"without_event_fork": _fork_variant(ctx, False)}
     if ctx.memory is MemoryKind.MEMFD:  # a shmem file to map MAP_PRIVATE
         variants["private_alias_without_event_fork"] = _fork_variant(ctx, False, True)
-    if ctx.offered & Feature.EVENT_FORK:
-        variants["with_event_fork"] = _fork_variant(ctx, True)
-    else:
-        variants["with_event_fork"] = {"skipped": "kernel lacks UFFD_FEATURE_EVENT_FORK"}
+    # EVENT_FORK is declared: the runner skipped this scenario where the kernel lacks it or
+    # this process lacks CAP_SYS_PTRACE for it.
+    variants["with_event_fork"] = _fork_variant(ctx, True)
     bits_visible = ctx.system.pagemap_uffd_wp
     check = Checks()
     for name, facts in variants.items():
-        if "skipped" in facts:
-            check.fact(name, facts)
-        else:
-            check.nest(name, _judge_variant(name, facts, bits_visible))
+        check.nest(name, _judge_variant(name, facts, bits_visible))
     check.fact("pagemap_reports_uffd_wp", bits_visible)
     parts = [
-        f"{name.replace('_event_fork', '')}={facts.get('child_wp_pages', 'skipped')}"
+        f"{name.replace('_event_fork', '')}={facts.get('child_wp_pages')}"
         for name, facts in variants.items()
     ]
     return check.observation("child wp pages: " + " ".join(parts))
@@ -219,6 +215,7 @@ wp_fork = scenario(
     "event', 6.2)",
     memory=("anon", "shmem", "memfd", "hugetlb"),
     modes=RegisterMode.WP,
+    features=Feature.EVENT_FORK,  # the with-EVENT_FORK variant; needs CAP_SYS_PTRACE
     uses=("zap",),
     hugepages=8,
     known_bug=WP_FORK_FIX.showing(*CHILD_INHERITED_WP),
@@ -234,6 +231,7 @@ wp_fork_hugetlb_private = scenario(
     checks=FORK_CHECKS + " (private hugetlb: 'mm/hugetlb: fix uffd-wp during fork()', 6.4)",
     memory=("hugetlb-private",),
     modes=RegisterMode.WP,
+    features=Feature.EVENT_FORK,
     uses=("zap",),
     hugepages=8,
     known_bug=HUGETLB_FORK_FIX.showing(*CHILD_INHERITED_WP),
