@@ -1,8 +1,9 @@
 /*
  * The userfaultfd ABI, written out from the kernel UAPI (include/uapi/linux/userfaultfd.h
- * as of 6.8+, and the PAGEMAP_SCAN part of include/uapi/linux/fs.h from 6.7) so the
+ * as of 7.3, and the PAGEMAP_SCAN part of include/uapi/linux/fs.h as of 7.3) so the
  * harness does not depend on the build machine's headers: a 6.1 header lacks MOVE,
- * POISON, WP_UNPOPULATED, WP_ASYNC, CONTINUE_MODE_WP and PAGEMAP_SCAN.
+ * POISON, WP_UNPOPULATED, WP_ASYNC, CONTINUE_MODE_WP and PAGEMAP_SCAN; only 7.3 has the
+ * read-write protection mode (RWP, RWPROTECT, SET_MODE, PAGE_IS_ACCESSED).
  * Every struct's size is asserted: a wrong layout fails the build, not a test.
  * Names carry a UH_ prefix so they never clash with a system header.
  */
@@ -27,6 +28,8 @@
 #define UH__UFFDIO_WRITEPROTECT 0x06
 #define UH__UFFDIO_CONTINUE 0x07
 #define UH__UFFDIO_POISON 0x08
+#define UH__UFFDIO_RWPROTECT 0x09 /* 7.3 */
+#define UH__UFFDIO_SET_MODE 0x0A /* 7.3: an fd-level (API) ioctl, not a range one */
 #define UH__UFFDIO_API 0x3F
 
 #define UH_UFFD_EVENT_PAGEFAULT 0x12
@@ -38,6 +41,7 @@
 #define UH_UFFD_PAGEFAULT_FLAG_WRITE (1ULL << 0)
 #define UH_UFFD_PAGEFAULT_FLAG_WP (1ULL << 1)
 #define UH_UFFD_PAGEFAULT_FLAG_MINOR (1ULL << 2)
+#define UH_UFFD_PAGEFAULT_FLAG_RWP (1ULL << 3) /* 7.3 */
 
 #define UH_UFFD_FEATURE_PAGEFAULT_FLAG_WP (1ULL << 0)
 #define UH_UFFD_FEATURE_EVENT_FORK (1ULL << 1)
@@ -56,10 +60,14 @@
 #define UH_UFFD_FEATURE_POISON (1ULL << 14)
 #define UH_UFFD_FEATURE_WP_ASYNC (1ULL << 15)
 #define UH_UFFD_FEATURE_MOVE (1ULL << 16)
+/* 7.3, with CONFIG_USERFAULTFD_RWP (64-bit, PTE_PROTNONE and the uffd PTE bit) */
+#define UH_UFFD_FEATURE_RWP (1ULL << 17)
+#define UH_UFFD_FEATURE_RWP_ASYNC (1ULL << 18) /* needs RWP in the same UFFDIO_API */
 
 #define UH_UFFDIO_REGISTER_MODE_MISSING (1ULL << 0)
 #define UH_UFFDIO_REGISTER_MODE_WP (1ULL << 1)
 #define UH_UFFDIO_REGISTER_MODE_MINOR (1ULL << 2)
+#define UH_UFFDIO_REGISTER_MODE_RWP (1ULL << 3) /* 7.3 */
 
 #define UH_UFFDIO_COPY_MODE_DONTWAKE (1ULL << 0)
 #define UH_UFFDIO_COPY_MODE_WP (1ULL << 1)
@@ -71,6 +79,8 @@
 #define UH_UFFDIO_POISON_MODE_DONTWAKE (1ULL << 0)
 #define UH_UFFDIO_MOVE_MODE_DONTWAKE (1ULL << 0)
 #define UH_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
+#define UH_UFFDIO_RWPROTECT_MODE_RWP (1ULL << 0) /* clear: unprotect and wake */
+#define UH_UFFDIO_RWPROTECT_MODE_DONTWAKE (1ULL << 1)
 
 struct uh_uffd_msg {
     uint8_t event;
@@ -162,6 +172,17 @@ struct uh_uffdio_move {
     int64_t move;
 };
 
+struct uh_uffdio_rwprotect {
+    struct uh_uffdio_range range;
+    uint64_t mode;
+};
+
+/* Toggles UFFD_FEATURE_RWP_ASYNC at run time; a bit in both is EINVAL. */
+struct uh_uffdio_set_mode {
+    uint64_t enable;
+    uint64_t disable;
+};
+
 /* PAGEMAP_SCAN on /proc/PID/pagemap (6.7). */
 #define UH_PAGE_IS_WPALLOWED (1ULL << 0)
 #define UH_PAGE_IS_WRITTEN (1ULL << 1)
@@ -171,6 +192,8 @@ struct uh_uffdio_move {
 #define UH_PAGE_IS_PFNZERO (1ULL << 5)
 #define UH_PAGE_IS_HUGE (1ULL << 6)
 #define UH_PAGE_IS_SOFT_DIRTY (1ULL << 7)
+#define UH_PAGE_IS_GUARD (1ULL << 8) /* a MADV_GUARD_INSTALL guard region (6.18 has it) */
+#define UH_PAGE_IS_ACCESSED (1ULL << 9) /* 7.3: uffd bit clear on a VM_UFFD_RWP VMA */
 #define UH_PM_SCAN_WP_MATCHING (1ULL << 0)
 #define UH_PM_SCAN_CHECK_WPASYNC (1ULL << 1)
 
@@ -205,6 +228,8 @@ _Static_assert(sizeof(struct uh_uffdio_writeprotect) == 24, "uffdio_writeprotect
 _Static_assert(sizeof(struct uh_uffdio_continue) == 32, "uffdio_continue");
 _Static_assert(sizeof(struct uh_uffdio_poison) == 32, "uffdio_poison");
 _Static_assert(sizeof(struct uh_uffdio_move) == 40, "uffdio_move");
+_Static_assert(sizeof(struct uh_uffdio_rwprotect) == 24, "uffdio_rwprotect");
+_Static_assert(sizeof(struct uh_uffdio_set_mode) == 16, "uffdio_set_mode");
 _Static_assert(sizeof(struct uh_page_region) == 24, "page_region");
 _Static_assert(sizeof(struct uh_pm_scan_arg) == 96, "pm_scan_arg");
 _Static_assert(__builtin_offsetof(struct uh_uffd_msg, arg) == 8, "uffd_msg.arg offset");
@@ -221,6 +246,8 @@ _Static_assert(__builtin_offsetof(struct uh_uffd_msg, arg) == 8, "uffd_msg.arg o
     _IOWR(UH_UFFDIO, UH__UFFDIO_WRITEPROTECT, struct uh_uffdio_writeprotect)
 #define UH_UFFDIO_CONTINUE _IOWR(UH_UFFDIO, UH__UFFDIO_CONTINUE, struct uh_uffdio_continue)
 #define UH_UFFDIO_POISON _IOWR(UH_UFFDIO, UH__UFFDIO_POISON, struct uh_uffdio_poison)
+#define UH_UFFDIO_RWPROTECT _IOWR(UH_UFFDIO, UH__UFFDIO_RWPROTECT, struct uh_uffdio_rwprotect)
+#define UH_UFFDIO_SET_MODE _IOW(UH_UFFDIO, UH__UFFDIO_SET_MODE, struct uh_uffdio_set_mode)
 #define UH_USERFAULTFD_IOC_NEW _IO(UH_USERFAULTFD_IOC, 0x00)
 #define UH_PAGEMAP_SCAN _IOWR('f', 16, struct uh_pm_scan_arg)
 

@@ -17,6 +17,8 @@ def test_struct_sizes_match_uapi():
         "struct uh_uffdio_continue": 32,
         "struct uh_uffdio_poison": 32,
         "struct uh_uffdio_move": 40,
+        "struct uh_uffdio_rwprotect": 24,
+        "struct uh_uffdio_set_mode": 16,
         "struct uh_pm_scan_arg": 96,
         "struct uh_page_region": 24,
     }
@@ -35,6 +37,8 @@ def test_ioctl_request_codes():
     assert abi.IoctlRequest.WRITEPROTECT == 0xC018AA06
     assert abi.IoctlRequest.CONTINUE == 0xC020AA07
     assert abi.IoctlRequest.POISON == 0xC020AA08
+    assert abi.IoctlRequest.RWPROTECT == 0xC018AA09  # 7.3
+    assert abi.IoctlRequest.SET_MODE == 0x4010AA0A  # 7.3, _IOW: 0x40000000 | 16 << 16
     assert abi.IoctlRequest.USERFAULTFD_IOC_NEW == 0xAA00
     assert abi.IoctlRequest.PAGEMAP_SCAN == 0xC0606610
 
@@ -42,13 +46,19 @@ def test_ioctl_request_codes():
 def test_feature_bits_and_versions():
     assert abi.Feature.MOVE == 1 << 16
     assert abi.Feature.WP_ASYNC == 1 << 15
-    assert abi.ALL_FEATURES == (1 << 17) - 1
+    assert (abi.Feature.RWP, abi.Feature.RWP_ASYNC) == (1 << 17, 1 << 18)  # 7.3
+    assert abi.ALL_FEATURES == (1 << 19) - 1
     assert set(abi.FEATURE_SINCE) == set(abi.Feature)
+    assert set(abi.IOCTL_SINCE) == set(abi.Ioctl)
+    assert abi.RegisterMode.RWP == 1 << 3
+    assert (abi.RwprotectMode.RWP, abi.RwprotectMode.DONTWAKE) == (1, 2)
+    assert (abi.PageCategory.GUARD, abi.PageCategory.ACCESSED) == (1 << 8, 1 << 9)
 
 
 def test_event_and_flag_values():
     assert [e.value for e in abi.EventType] == [0x12, 0x13, 0x14, 0x15, 0x16]
     assert (abi.FaultFlag.WRITE, abi.FaultFlag.WP, abi.FaultFlag.MINOR) == (1, 2, 4)
+    assert abi.FaultFlag.RWP == 8
     assert abi.Ioctl.API == 1 << 0x3F
 
 

@@ -34,6 +34,8 @@ class Feature(IntFlag):
     POISON = lib.UH_UFFD_FEATURE_POISON
     WP_ASYNC = lib.UH_UFFD_FEATURE_WP_ASYNC
     MOVE = lib.UH_UFFD_FEATURE_MOVE
+    RWP = lib.UH_UFFD_FEATURE_RWP
+    RWP_ASYNC = lib.UH_UFFD_FEATURE_RWP_ASYNC
 
 
 # Mainline release that added each feature; used in skip reasons and matrix expectations.
@@ -55,6 +57,10 @@ FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
     Feature.POISON: (6, 6),
     Feature.WP_ASYNC: (6, 7),
     Feature.MOVE: (6, 8),
+    # 7.3 offers both only when built with CONFIG_USERFAULTFD_RWP (def_bool y on 64-bit
+    # with ARCH_HAS_PTE_PROTNONE and HAVE_ARCH_USERFAULTFD_WP: x86-64, arm64, ...).
+    Feature.RWP: (7, 3),
+    Feature.RWP_ASYNC: (7, 3),
 }
 
 
@@ -63,6 +69,12 @@ FEATURE_SINCE: dict[Feature, tuple[int, int]] = {
 # capable(CAP_SYS_PTRACE), since the child's uffd lets the handler reach another mm.
 FEATURE_CAPABILITY: dict[Feature, str] = {
     Feature.EVENT_FORK: "CAP_SYS_PTRACE",
+}
+
+
+# Features UFFDIO_API accepts only together with another in the same call (else EINVAL).
+FEATURE_NEEDS: dict[Feature, Feature] = {
+    Feature.RWP_ASYNC: Feature.RWP,  # userfaultfd_api(): "RWP_ASYNC requires RWP" (7.3)
 }
 
 
@@ -122,7 +134,30 @@ class Ioctl(IntFlag):
     WRITEPROTECT = 1 << lib.UH__UFFDIO_WRITEPROTECT
     CONTINUE = 1 << lib.UH__UFFDIO_CONTINUE
     POISON = 1 << lib.UH__UFFDIO_POISON
+    RWPROTECT = 1 << lib.UH__UFFDIO_RWPROTECT
+    SET_MODE = 1 << lib.UH__UFFDIO_SET_MODE
     API = 1 << lib.UH__UFFDIO_API
+
+
+# Mainline release that added each ioctl (uffdio_api.ioctls / uffdio_register.ioctls bits).
+IOCTL_SINCE: dict[Ioctl, tuple[int, int]] = {
+    Ioctl.REGISTER: (4, 3),
+    Ioctl.UNREGISTER: (4, 3),
+    Ioctl.WAKE: (4, 3),
+    Ioctl.COPY: (4, 3),
+    Ioctl.ZEROPAGE: (4, 3),
+    Ioctl.API: (4, 3),
+    Ioctl.WRITEPROTECT: (5, 7),
+    Ioctl.CONTINUE: (5, 13),
+    Ioctl.POISON: (6, 6),
+    Ioctl.MOVE: (6, 8),
+    # UFFD_API_IOCTLS (the fd-level ioctls UFFDIO_API reports) gained SET_MODE in 7.3,
+    # unconditionally: without CONFIG_USERFAULTFD_RWP it then refuses every bit (EINVAL).
+    Ioctl.RWPROTECT: (7, 3),
+    Ioctl.SET_MODE: (7, 3),
+}
+# The ioctls usable on the uffd itself, before any register (UFFD_API_IOCTLS).
+API_IOCTLS = Ioctl.API | Ioctl.REGISTER | Ioctl.UNREGISTER | Ioctl.SET_MODE
 
 
 class IoctlRequest(IntEnum):
@@ -138,6 +173,8 @@ class IoctlRequest(IntEnum):
     WRITEPROTECT = lib.UH_UFFDIO_WRITEPROTECT
     CONTINUE = lib.UH_UFFDIO_CONTINUE
     POISON = lib.UH_UFFDIO_POISON
+    RWPROTECT = lib.UH_UFFDIO_RWPROTECT
+    SET_MODE = lib.UH_UFFDIO_SET_MODE
     USERFAULTFD_IOC_NEW = lib.UH_USERFAULTFD_IOC_NEW
     PAGEMAP_SCAN = lib.UH_PAGEMAP_SCAN
 
@@ -146,6 +183,7 @@ class RegisterMode(IntFlag):
     MISSING = lib.UH_UFFDIO_REGISTER_MODE_MISSING
     WP = lib.UH_UFFDIO_REGISTER_MODE_WP
     MINOR = lib.UH_UFFDIO_REGISTER_MODE_MINOR
+    RWP = lib.UH_UFFDIO_REGISTER_MODE_RWP  # 7.3
 
 
 class CopyMode(IntFlag):
@@ -176,12 +214,20 @@ class MoveMode(IntFlag):
     ALLOW_SRC_HOLES = lib.UH_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES
 
 
+class RwprotectMode(IntFlag):
+    """uffdio_rwprotect.mode (7.3): RWP protects; without it, unprotect and wake."""
+
+    RWP = lib.UH_UFFDIO_RWPROTECT_MODE_RWP
+    DONTWAKE = lib.UH_UFFDIO_RWPROTECT_MODE_DONTWAKE
+
+
 class FaultFlag(IntFlag):
     """uffd_msg.arg.pagefault.flags."""
 
     WRITE = lib.UH_UFFD_PAGEFAULT_FLAG_WRITE
     WP = lib.UH_UFFD_PAGEFAULT_FLAG_WP
     MINOR = lib.UH_UFFD_PAGEFAULT_FLAG_MINOR
+    RWP = lib.UH_UFFD_PAGEFAULT_FLAG_RWP  # 7.3: an access to a read-write-protected page
 
 
 class EventType(IntEnum):
@@ -213,6 +259,8 @@ class PageCategory(IntFlag):
     PFNZERO = lib.UH_PAGE_IS_PFNZERO
     HUGE = lib.UH_PAGE_IS_HUGE
     SOFT_DIRTY = lib.UH_PAGE_IS_SOFT_DIRTY
+    GUARD = lib.UH_PAGE_IS_GUARD  # a guard region (MADV_GUARD_INSTALL); 6.18 has it
+    ACCESSED = lib.UH_PAGE_IS_ACCESSED  # 7.3: accessed since RWPROTECT on a VM_UFFD_RWP VMA
 
 
 class ScanFlag(IntFlag):
@@ -221,13 +269,16 @@ class ScanFlag(IntFlag):
 
 
 def flag_names(value: IntFlag) -> list[str]:
-    """Names of the set bits, unknown bits as hex: stable output for reports."""
+    """Names of the set bits, then each bit this ABI does not know as hex (a kernel newer
+    than the vendored UAPI offers such bits): stable output for reports."""
     names = [member.name for member in type(value) if member in value and member.name]
+    return names + [hex(bit) for bit in unknown_bits(value)]
+
+
+def unknown_bits(value: IntFlag) -> list[int]:
+    """The set bits of ``value`` that no member of its type names, lowest first."""
     known = 0
     for member in type(value):
-        if member in value:
-            known |= member.value
+        known |= member.value
     unknown = int(value) & ~known
-    if unknown:
-        names.append(hex(unknown))
-    return names
+    return [1 << position for position in range(unknown.bit_length()) if unknown >> position & 1]

@@ -133,9 +133,13 @@ class ScanResult:
         ]
 
 
+# The categories of PAGEMAP_SCAN as 6.7 introduced them. Newer ones (GUARD, ACCESSED
+# 7.3) are asked for by name: do_pagemap_scan() refuses with EINVAL any mask bit outside
+# the running kernel's PM_SCAN_CATEGORIES, so a default must hold only the 6.7 set.
 ALL_CATEGORIES = PageCategory(0)
 for _category in PageCategory:
-    ALL_CATEGORIES |= _category
+    if _category.value <= PageCategory.SOFT_DIRTY:
+        ALL_CATEGORIES |= _category
 
 
 class Pagemap(OwnedFd):
@@ -252,7 +256,7 @@ def _scan_hint(code: int) -> str:
     if code == errno.EINVAL:
         return (
             "arguments refused: unaligned range, an empty return_mask, or flags/categories "
-            "this kernel does not know (PAGEMAP_SCAN is 6.7+)"
+            "this kernel does not know (PAGEMAP_SCAN is 6.7+, PAGE_IS_ACCESSED 7.3)"
         )
     if code == errno.EPERM:
         return "CHECK_WPASYNC: part of the range is not registered with UFFD_FEATURE_WP_ASYNC"

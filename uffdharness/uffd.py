@@ -22,6 +22,7 @@ from .abi import (
     OpenFlag,
     PoisonMode,
     RegisterMode,
+    RwprotectMode,
     WriteProtectMode,
     ZeropageMode,
     capabilities_needed,
@@ -442,6 +443,56 @@ class Userfaultfd(OwnedFd):
             {"range": {"start": start, "len": length}, "mode": int(mode)},
         )
         self._ioctl(IoctlRequest.WRITEPROTECT, arg, "UFFDIO_WRITEPROTECT", start, length)
+
+    def rwprotect(
+        self,
+        target: Target,
+        length: int | None = None,
+        *,
+        protect: bool = True,
+        dontwake: bool = False,
+    ) -> None:
+        """UFFDIO_RWPROTECT (7.3) on a range registered with RegisterMode.RWP.
+
+        ``protect`` makes the range's *present* PTEs inaccessible (PROT_NONE hinting, the
+        frames stay resident; unpopulated addresses are not protected). ``protect=False``
+        restores access and wakes the threads blocked on the range unless ``dontwake``.
+        """
+        start, length = _as_range(target, length)
+        _refuse_non_u64("UFFDIO_RWPROTECT", start, length)
+        mode = RwprotectMode(0)
+        if protect:
+            mode |= RwprotectMode.RWP
+        if dontwake:
+            mode |= RwprotectMode.DONTWAKE
+        self.rwprotect_raw(start, length, int(mode))
+
+    def rwprotect_raw(self, start: int, length: int, mode: int) -> None:
+        """UFFDIO_RWPROTECT with exactly these mode bits (for probing error paths)."""
+        arg = ffi.new(
+            "struct uh_uffdio_rwprotect *",
+            {"range": {"start": start, "len": length}, "mode": mode},
+        )
+        self._ioctl(IoctlRequest.RWPROTECT, arg, "UFFDIO_RWPROTECT", start, length)
+
+    def set_mode(self, enable: Feature = Feature(0), disable: Feature = Feature(0)) -> None:
+        """UFFDIO_SET_MODE (7.3): switch a toggleable feature (only RWP_ASYNC so far) on or
+        off on this initialised uffd without re-registering. The kernel takes mmap_lock for
+        writing and drains in-flight per-VMA-locked faults; switching to async wakes the
+        blocked faulters, which then resolve themselves. A bit in both is EINVAL."""
+        arg = ffi.new(
+            "struct uh_uffdio_set_mode *", {"enable": int(enable), "disable": int(disable)}
+        )
+        rc = lib.uh_ioctl(self.fileno(), IoctlRequest.SET_MODE, arg)
+        if rc < 0:
+            raise UffdError(
+                -rc,
+                "UFFDIO_SET_MODE",
+                detail=f"enable={flag_names(Feature(enable))} "
+                f"disable={flag_names(Feature(disable))}",
+            )
+        if self.features is not None:
+            self.features = Feature((int(self.features) | int(enable)) & ~int(disable))
 
     def continue_(
         self, target: Target, length: int | None = None, mode: ContinueMode = ContinueMode(0)
