@@ -40,17 +40,24 @@ class KernelGate:
 # MISSING_HUGETLBFS 4.11; WP on anon 5.7, PAGEFAULT_FLAG_WP 5.10; WP_HUGETLBFS_SHMEM 5.19;
 # MINOR_HUGETLBFS 5.13, MINOR_SHMEM 5.14). A mode absent from a family's map is refused
 # by UFFDIO_REGISTER there (MINOR on anonymous memory: EINVAL).
+# RWP (7.3) needs UFFD_FEATURE_RWP alone on anon, shmem and hugetlbfs alike.
 _WP = Feature.PAGEFAULT_FLAG_WP
-_ANON_MODES = {RegisterMode.MISSING: Feature(0), RegisterMode.WP: _WP}
+_ANON_MODES = {
+    RegisterMode.MISSING: Feature(0),
+    RegisterMode.WP: _WP,
+    RegisterMode.RWP: Feature.RWP,
+}
 _SHMEM_MODES = {
     RegisterMode.MISSING: Feature.MISSING_SHMEM,
     RegisterMode.WP: _WP | Feature.WP_HUGETLBFS_SHMEM,
     RegisterMode.MINOR: Feature.MINOR_SHMEM,
+    RegisterMode.RWP: Feature.RWP,
 }
 _HUGETLB_MODES = {
     RegisterMode.MISSING: Feature.MISSING_HUGETLBFS,
     RegisterMode.WP: _WP | Feature.WP_HUGETLBFS_SHMEM,
     RegisterMode.MINOR: Feature.MINOR_HUGETLBFS,
+    RegisterMode.RWP: Feature.RWP,
 }
 # hugetlb VMAs never merge on any kernel: hugetlb_vm_ops has a .close handler and
 # is_mergeable_vma() refuses VMAs with vm_ops->close.
