@@ -24,7 +24,7 @@ from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
 from ..memory import HUGETLB_NEVER_MERGES
 from ..runner import Result
-from ..scenarios.model import HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
+from ..scenarios.model import ALL_KINDS, HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,10 @@ class Violation:
 
 
 _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
+_RWP = (
+    "7.3 added read-write protection (CONFIG_USERFAULTFD_RWP, def_bool y on x86-64); "
+    "rwp-swap is left out: it needs swap, which guests lack"
+)
 
 EXPECTATIONS: tuple[Expectation, ...] = (
     # mmap 20 pages, register 0-9, unregister 5-9. Observed: 3 VMAs
@@ -110,6 +114,30 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         "pass",
         facts={"vmas_after_unregister": 3},
         why=HUGETLB_NEVER_MERGES,
+    ),
+    Expectation(
+        "api-probe",
+        ("anon",),
+        "pass",
+        why="UFFDIO_API offers every bit the kernel's version must have; bits newer than "
+        "the vendored UAPI are facts",
+    ),
+    *(
+        Expectation(
+            scenario_id,
+            memory,
+            "pass",
+            since="7.3",
+            why=_RWP,
+        )
+        for scenario_id, memory in (
+            ("rwp-sync", ALL_KINDS),
+            ("rwp-async", ALL_KINDS),
+            ("rwp-set-mode", ALL_KINDS),
+            ("rwp-lifetime", ALL_KINDS),
+            ("rwp-bad-inputs", ("anon", "hugetlb")),
+            ("rwp-working-set", ("memfd", "hugetlb")),
+        )
     ),
 )
 
