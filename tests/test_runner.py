@@ -205,6 +205,8 @@ def test_select_by_pattern_and_memory():
         "event-fork",
         "event-remap",
     }
+    several = select(CATALOGUE.values(), "rwp-s*,api-probe", ["anon"])
+    assert [s.id for s, _ in several] == ["api-probe", "rwp-sync", "rwp-set-mode", "rwp-swap"]
 
 
 def test_catalogue_is_well_formed():

@@ -83,11 +83,13 @@ def select(
     pattern: str | None = None,
     memory: Iterable[str] | None = None,
 ) -> list[tuple[Scenario, str]]:
-    """Scenario x memory pairs to run. ``pattern`` matches ids as a glob or substring."""
+    """Scenario x memory pairs to run. ``pattern`` matches ids as a glob or substring;
+    several patterns are separated by commas (ids never hold one)."""
     kinds = set(memory) if memory else None
+    patterns = [p for p in (pattern or "").split(",") if p]
     chosen = []
     for item in catalogue:
-        if pattern and not (fnmatch.fnmatchcase(item.id, pattern) or pattern in item.id):
+        if patterns and not any(fnmatch.fnmatchcase(item.id, p) or p in item.id for p in patterns):
             continue
         for kind in item.memory:
             if kinds is None or kind in kinds:

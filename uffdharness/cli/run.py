@@ -21,7 +21,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.A
     """``-k`` and ``--memory``: which scenario x memory pairs to run (run and matrix)."""
     return (
         parser.add_argument(
-            "-k", dest="pattern", help="only scenario ids matching (glob/substring)"
+            "-k",
+            dest="pattern",
+            help="only scenario ids matching (glob or substring; several comma-separated)",
         ),
         parser.add_argument(
             "--memory",
