@@ -3,6 +3,7 @@ run as a subprocess, and (when Debian kernels are cached and qemu exists) real g
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -160,7 +161,7 @@ def test_an_unexpected_failure_preparing_one_kernel_spares_the_others(
     assert [r.verdict for r in runs[0].results] == ["error"]
     assert "CalledProcessError" in runs[0].results[0].reason
     assert [r.verdict for r in runs[1].results] == ["pass"]
-    assert any(line.startswith("debian:6.1: cannot prepare the kernel") for line in lines)
+    assert any(str(line).startswith("debian:6.1: cannot prepare the kernel") for line in lines)
 
 
 # --- the host kernel, end to end ---------------------------------------------------------
@@ -286,3 +287,19 @@ def test_a_guest_that_outlives_its_timeout_is_a_hang_row_with_the_console(tmp_pa
     assert row["reason"].startswith("killed after 2 s")
     assert section["guest"]["status"] == "hang"
     assert "console_tail" in section["guest"]
+
+
+@pytest.mark.timeout(120)
+def test_too_little_guest_memory_puts_qemus_reason_in_the_table():
+    # the parser refuses --guest-memory below 256; the runner below it gets what qemu says
+    spec = _cached_spec("6.1")
+    options = matrix_runner.MatrixOptions(pattern="api-probe", memory_mb=1, guest_timeout=60)
+    (run,) = matrix_runner.run_matrix([spec], options)
+    (row,) = run.results
+    assert (row.id, row.verdict) == ("guest", "error")
+    assert row.reason.startswith("qemu exited 1: qemu: initrd is too large, cannot support.")
+    table = io.StringIO()
+    report.print_table([run], table)
+    assert f"{spec}: (guest run) error: qemu exited 1: qemu: initrd is too large" in (
+        table.getvalue()
+    )

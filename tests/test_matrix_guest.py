@@ -127,3 +127,23 @@ def test_boot_image_preference():
     assert KERNEL.boot_image(prefer_vmlinux=False) == Path("/k/bzImage")
     with pytest.raises(ValueError):
         KernelImage("host", "x", None, None, None, None, None).boot_image()
+
+
+def test_qemu_refusing_to_start_is_an_error_naming_qemus_own_message(tmp_path: Path):
+    # what qemu 7.2 prints for `-m 1` with a 3 MB initramfs, then exits 1
+    (tmp_path / guest.RESULTS_SUBDIR).mkdir()
+    said = "qemu: initrd is too large, cannot support.(max: 884735, need 2996748)"
+    result = guest._boot(_fake_qemu(tmp_path, f"echo '{said}' >&2; exit 1"), tmp_path, 10, "tcg")
+    assert result.status == "error"
+    assert result.detail == f"qemu exited 1: {said}"
+    option = "qemu-system-x86_64: -m 0: memory size must be greater than zero"
+    result = guest._boot(_fake_qemu(tmp_path, f"echo '{option}' >&2; exit 1"), tmp_path, 10, "tcg")
+    assert result.detail == f"qemu exited 1: {option}"
+
+
+def test_a_guest_without_an_exit_code_and_no_cause_says_how_qemu_ended(tmp_path: Path):
+    (tmp_path / guest.RESULTS_SUBDIR).mkdir()
+    result = guest._boot(_fake_qemu(tmp_path, "echo '[ 0.1] booting'; exit 0"), tmp_path, 10, "tcg")
+    assert result.detail == "qemu exited 0 before the job reported an exit code"
+    killed = guest._boot(_fake_qemu(tmp_path, "kill -9 $$"), tmp_path, 10, "tcg")
+    assert killed.detail == "qemu was killed before the job reported an exit code"

@@ -16,9 +16,13 @@ refuses the options of a run given before it, which would otherwise be dropped s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
-from typing import TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
@@ -33,6 +37,7 @@ from .arguments import (
 from .run import add_selection_arguments
 
 MAX_JOBS = 64
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 __all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run_merge"]
 
@@ -149,29 +154,69 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """``uffdharness matrix --kernel SPEC ...``: boot, run, table, reports."""
+    """``uffdharness matrix --kernel SPEC ...``: boot, run, table, reports.
+
+    SIGINT, SIGTERM and SIGHUP stop the run: every guest and helper it started is killed,
+    the table and reports show what finished (the rest as interrupted), and the exit
+    status is 128 + the signal's number. A second signal kills what is left at once.
+    """
+    try:
+        with _stop_on_signals():
+            return _run(args, out or sys.stdout)
+    except KeyboardInterrupt:  # a SIGINT before the handlers were in place
+        sys.stderr.write("uffdharness matrix: interrupted by SIGINT before any kernel ran\n")
+        return 128 + signal.SIGINT
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Route STOP_SIGNALS to the matrix's stop request while the block runs (main thread
+    only: elsewhere Python cannot install handlers, and nothing is routed)."""
+    from uffdharness.matrix.children import CHILDREN
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda signum, frame: CHILDREN.stop(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        CHILDREN.reset()
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
     if not args.kernels:
         args.usage_error("the following arguments are required: --kernel")
     check_outputs(args.usage_error, json=args.json, junit=args.junit)
 
     from uffdharness.matrix import hosttools, report
+    from uffdharness.matrix.children import CHILDREN, signal_name
     from uffdharness.matrix.kernelspec import SpecError
+    from uffdharness.matrix.progress import ProgressPrinter
     from uffdharness.matrix.runner import (
         MatrixError,
         MatrixOptions,
         check_specs,
+        describe_error,
         exit_status,
         require_tools,
         run_matrix,
+        selects_anything,
     )
 
-    out = out or sys.stdout
     err = sys.stderr
     if args.jobs < 1:
         err.write("uffdharness matrix: --jobs must be at least 1\n")
         return 2
     if args.jobs > MAX_JOBS:
         err.write(f"uffdharness matrix: --jobs must be at most {MAX_JOBS}\n")
+        return 2
+    if not selects_anything(args.pattern, args.memory):
+        # every guest would boot only to say so
+        memory = f" on memory {', '.join(args.memory)}" if args.memory else ""
+        err.write(f"uffdharness matrix: no scenario matches -k {args.pattern!r}{memory}\n")
         return 2
     try:
         specs = check_specs(args.kernels)
@@ -190,15 +235,17 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         jobs=args.jobs,
         **({"memory_mb": args.guest_memory} if args.guest_memory else {}),
     )
-    progress = None if args.quiet else (lambda line: err.write(f"matrix: {line}\n") or err.flush())
+    progress = None if args.quiet else ProgressPrinter(err, specs)
     started = time.monotonic()
     try:
         runs = run_matrix(specs, options, progress)
     except MatrixError as exc:
         err.write(f"uffdharness matrix: {exc}\n")
         return 2
+    finally:
+        if progress is not None:
+            progress.close()
     wall = time.monotonic() - started
-    report.print_table(runs, out, wall)
     settings = {
         "specs": specs,
         "pattern": args.pattern,
@@ -207,11 +254,36 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         "timeout": args.timeout,
         "guest_timeout": args.guest_timeout,
     }
-    if args.json:
-        report.write_json(args.json, runs, wall, settings)
-    if args.junit:
-        report.write_junit(args.junit, runs)
-    return exit_status(runs)
+    signum = CHILDREN.stop_signal
+    if signum is not None:
+        settings["interrupted"] = signal_name(signum)
+    status = exit_status(runs)
+    try:
+        report.print_table(runs, out, wall)
+        out.flush()
+    except OSError as exc:  # a terminal gone with SIGHUP; the reports below still count
+        err.write(f"uffdharness matrix: cannot print the table: {describe_error(exc)}\n")
+    for option, path, write in (
+        ("--json", args.json, lambda path: report.write_json(path, runs, wall, settings)),
+        ("--junit", args.junit, lambda path: report.write_junit(path, runs)),
+    ):
+        if path:
+            try:
+                write(path)
+            except OSError as exc:
+                why = describe_error(exc)
+                err.write(f"uffdharness matrix: cannot write {option} {path}: {why}\n")
+                status = status or 1
+    if signum is not None:
+        unfinished = [run.spec for run in runs if run.interrupted]
+        err.write(
+            f"uffdharness matrix: interrupted by {signal_name(signum)}: "
+            f"{len(runs) - len(unfinished)} of {len(runs)} kernels finished"
+            + (f"; not finished: {', '.join(unfinished)}" if unfinished else "")
+            + "\n"
+        )
+        return 128 + signum
+    return status
 
 
 def _merge_after_matrix(args: argparse.Namespace) -> int:

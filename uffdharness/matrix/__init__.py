@@ -20,6 +20,10 @@ time there; import the one you need.
 - kvmprobe: decides once whether KVM works (it does not on the development machine); TCG
   is used otherwise.
 - runner: one guest per kernel running `uffdharness run`, the accelerator chosen with
-  kvmprobe; expectations, report and merge judge and print the results.
+  kvmprobe; expectations, report and merge judge and print the results; reportschema
+  checks every field of the JSON they read (a guest's report, merge inputs); progress
+  prints the runner's milestones (a live line on a terminal).
+- children: every process the matrix starts (qemu, apt-get, dpkg-deb, the host's run), so
+  a stop request (the CLI's SIGINT/SIGTERM/SIGHUP handler) ends them all.
 - hosttools: which host programs are missing, and the apt-get line that installs them.
 """

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import lzma
 import shutil
-import subprocess
 import zlib
+
+from .children import CHILDREN
 
 MAGICS = (
     (b"\x1f\x8b", "gzip"),
@@ -37,7 +38,7 @@ def _zstd(data: bytes) -> bytes:
             "zstd-compressed data: install the zstd CLI (apt-get install -y zstd) "
             "or the zstandard Python module"
         )
-    proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=False)
+    proc = CHILDREN.run(["zstd", "-dcq"], input=data, text=False)
     # zstd exits non-zero on bytes after the frame (the kernel's size word) but has
     # written the whole frame by then; the caller checks what came out.
     if not proc.stdout:

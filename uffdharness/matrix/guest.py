@@ -3,12 +3,16 @@
 The guest sees the host's / read-only (virtio-9p), a tmpfs /tmp, and a writable results
 share at initramfs.JOB_DIR; the job writes files into $UFFDHARNESS_RESULTS, and they come
 back in GuestResult.files. A guest that panics or whose init fails is `error`; one that
-outlives `timeout` is killed and is `hang`. Both carry the console tail.
+outlives `timeout` is killed and is `hang`; one whose run was asked to stop (children.stop,
+on a signal) is killed and is `interrupted`. All carry the console tail, and the detail
+names the cause: qemu's own error line, a panic, the init's complaint, or a full results
+share (ENOSPC).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -20,12 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..errors import errno_name
 from . import hosttools, initramfs
+from .children import CHILDREN, signal_name
 from .kernels import KernelImage
 
-Status = Literal["ok", "error", "hang"]
+Status = Literal["ok", "error", "hang", "interrupted"]
 QEMU = "qemu-system-x86_64"
 CONSOLE_TAIL_LINES = 60
+# what qemu itself prints before it gives up: "qemu-system-x86_64: -m 1: ...",
+# "qemu: initrd is too large, cannot support.(max: 884735, need 2996748)"
+QEMU_MESSAGE = re.compile(r"qemu(-system-[\w-]+)?: ")
+# Less free space than this on the results share after a guest that reported nothing means
+# the share filled up: the guest's writes failed with ENOSPC.
+SHARE_FULL_BYTES = 64 * 1024
 RESULTS_SUBDIR = "out"
 # quiet + loglevel keep the serial console (slow under TCG) short; panic=-1 with
 # -no-reboot turns a kernel panic into a qemu exit instead of a hang.
@@ -178,11 +190,31 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _failure_detail(console: list[str]) -> str:
+def _failure_detail(console: list[str], qemu_status: int | None) -> str:
+    """Why a guest reported no exit code: the line that says so, and how qemu ended."""
+    how = f"qemu exited {qemu_status}" if qemu_status is not None else "qemu was killed"
     for line in reversed(console):
-        if "Kernel panic" in line or line.startswith("uffdharness-init:"):
-            return line.strip()
-    return "qemu exited before the job reported an exit code"
+        text = line.strip()
+        if (
+            QEMU_MESSAGE.match(text)
+            or "Kernel panic" in text
+            or text.startswith("uffdharness-init:")
+        ):
+            return f"{how}: {text}"
+    return f"{how} before the job reported an exit code"
+
+
+def share_full(share: Path) -> str:
+    """Why the results share is (nearly) full, or "" when it is not. The guest's writes
+    there (its report, its exit code) fail with ENOSPC, and come back as nothing at all."""
+    try:
+        stat = os.statvfs(share)
+    except OSError:
+        return ""
+    free = stat.f_bavail * stat.f_frsize
+    if free >= SHARE_FULL_BYTES:
+        return ""
+    return f"the results share {share} is full (ENOSPC): {free} bytes free"
 
 
 def run_in_guest(
@@ -201,33 +233,45 @@ def run_in_guest(
         return run_on_host(argv, timeout, env, cwd=cwd)
     hosttools.require(hosttools.BOOT_TOOLS)
     initrd = initramfs.cached(kernel)
+    CHILDREN.check()
     share = Path(tempfile.mkdtemp(prefix="uffdharness-guest-"))
     try:
-        (share / RESULTS_SUBDIR).mkdir()
-        (share / "job.sh").write_text(job_script(argv, guest_environment(env), cwd))
+        try:
+            (share / RESULTS_SUBDIR).mkdir()
+            (share / "job.sh").write_text(job_script(argv, guest_environment(env), cwd))
+        except OSError as exc:
+            return _unbootable(exc, share, config.accel)
         return _boot(qemu_argv(kernel, initrd, share, config), share, timeout, config.accel)
     finally:
         shutil.rmtree(share, ignore_errors=True)
 
 
+def _unbootable(exc: OSError, share: Path, accel: str) -> GuestResult:
+    """The results share could not be set up (a full /tmp: ENOSPC): an error, no boot."""
+    name = errno_name(exc.errno) if exc.errno else type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    detail = f"cannot set up the results share {share}: {name} ({exc.strerror}){where}"
+    return GuestResult("error", None, "", "", "", accel=accel, detail=detail)
+
+
 def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestResult:
     started = time.monotonic()
-    proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    reader = _ConsoleReader(proc.stdout, started)
-    reader.start()
     hung = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        hung = True
-        proc.kill()
-        proc.wait()
-    finally:
-        reader.join(timeout=5)
-        if proc.stdout:
-            proc.stdout.close()
+    with CHILDREN.started(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        reader = _ConsoleReader(proc.stdout, started)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            hung = True
+            proc.kill()
+            proc.wait()
+        finally:
+            reader.join(timeout=5)
+            if proc.stdout:
+                proc.stdout.close()
     total_s = time.monotonic() - started
     exit_text = _read_text(share / "exit_code").strip()
     files = {
@@ -246,12 +290,19 @@ def _boot(command: list[str], share: Path, timeout: float, accel: str) -> GuestR
         total_s=total_s,
         accel=accel,
     )
-    if hung:
+    if result.exit_code is not None:
+        result.detail = share_full(share)  # the job ran, but its report may not have fit
+        return result
+    if CHILDREN.stop_signal is not None:
+        result.status = "interrupted"
+        result.detail = f"interrupted by {signal_name(CHILDREN.stop_signal)} after {total_s:.1f} s"
+    elif hung:
         result.status = "hang"
         result.detail = f"killed after {timeout:.0f} s"
-    elif result.exit_code is None:
+    else:
         result.status = "error"
-        result.detail = _failure_detail(reader.lines) + f" (qemu exit {proc.returncode})"
+        status = proc.returncode if proc.returncode >= 0 else None
+        result.detail = share_full(share) or _failure_detail(reader.lines, status)
     return result
 
 
@@ -260,18 +311,11 @@ def run_on_host(
 ) -> GuestResult:
     """The `host` kernel: run `argv` directly, with the same result shape and results dir."""
     started = time.monotonic()
+    CHILDREN.check()
     with tempfile.TemporaryDirectory(prefix="uffdharness-host-") as results:
         full_env = dict(os.environ, UFFDHARNESS_RESULTS=results, **(env or {}))
         try:
-            proc = subprocess.run(
-                list(argv),
-                cwd=cwd,
-                env=full_env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
+            proc = CHILDREN.run(argv, cwd=cwd, env=full_env, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             return GuestResult(
                 "hang",
@@ -284,6 +328,7 @@ def run_on_host(
                 detail=f"killed after {timeout:.0f} s",
             )
         files = {p.name: p.read_bytes() for p in sorted(Path(results).iterdir()) if p.is_file()}
+        full = share_full(Path(results))
     return GuestResult(
         "ok",
         proc.returncode,
@@ -294,6 +339,7 @@ def run_on_host(
         0.0,
         time.monotonic() - started,
         "host",
+        detail=full,
     )
 
 

@@ -6,7 +6,10 @@ Cache layout under cachedir.cache_root():
                                  vmlinux (when worth having), kernel.json (metadata)
     local/<sha256 prefix>/       artefacts for a kernel given by path
     locks/                       flock files, one per cache entry
-A complete entry is one with kernel.json; everything else is rebuilt under the entry's lock.
+A complete entry is one with a readable kernel.json naming files that exist; everything
+else (a download cut short, a truncated .deb, a damaged kernel.json) is removed and rebuilt
+under the entry's lock. A package that still cannot be unpacked is a one-line
+KernelFetchError naming it, and leaves no half-built entry behind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from debian.debian_support import Version
 from . import bzimage, debindex, hosttools
 from .aptmirror import host_mirror
 from .cachedir import cache_root, locked, write_atomic
+from .children import CHILDREN
 from .kernelspec import KernelSpec, SpecKind, parse
 from .privateapt import DEFAULT_MAX_AGE_S, AptError, PrivateApt
 
@@ -139,13 +143,29 @@ def _make_vmlinux(kernel: Path, entry: Path) -> Path | None:
 # --- Debian kernels --------------------------------------------------------------------
 
 
+# kernel.json fields every reader relies on
+META_FIELDS = ("release", "version", "image_package", "kernel", "modules_dir")
+
+
+def _read_meta(entry: Path) -> dict | None:
+    """The entry's kernel.json when it is whole and names files that exist, else None."""
+    try:
+        meta = json.loads((entry / "kernel.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in META_FIELDS):
+        return None
+    if not (entry / meta["kernel"]).is_file() or not (entry / meta["modules_dir"]).is_dir():
+        return None
+    return meta | {"dir": str(entry)}
+
+
 def _entries(cache: Path) -> list[dict]:
     found = []
-    for meta in sorted((cache / "debian").glob("*/kernel.json")):
-        try:
-            found.append(json.loads(meta.read_text()) | {"dir": str(meta.parent)})
-        except (OSError, ValueError):
-            continue
+    for meta_file in sorted((cache / "debian").glob("*/kernel.json")):
+        meta = _read_meta(meta_file.parent)
+        if meta is not None:
+            found.append(meta)
     return found
 
 
@@ -259,11 +279,13 @@ def _debian_kernel(spec: KernelSpec, cache: Path, max_list_age_s: float, log: Lo
     key = f"{packages.release}_{packages.image.version}"
     entry = cache / "debian" / key
     with locked(cache / "locks" / f"debian-{key}.lock"):
-        if not (entry / "kernel.json").is_file():
+        meta = _read_meta(entry)
+        if meta is None:
             _prepare_debian_entry(packages, apt, entry, log)
-    return _image_from_meta(
-        spec, json.loads((entry / "kernel.json").read_text()) | {"dir": str(entry)}
-    )
+            meta = _read_meta(entry)
+    if meta is None:
+        raise KernelFetchError(f"{spec.text}: {entry} is incomplete after preparing it")
+    return _image_from_meta(spec, meta)
 
 
 def _find_kernel(root: Path, release: str) -> Path:
@@ -280,26 +302,50 @@ def _find_kernel(root: Path, release: str) -> Path:
 def _prepare_debian_entry(
     packages: debindex.KernelPackages, apt: PrivateApt, entry: Path, log: Log
 ) -> None:
-    release = packages.release
+    """Download, unpack and depmod one kernel into ``entry``; on any failure (a stop
+    request included) remove what was made, so the next run starts clean."""
     shutil.rmtree(entry, ignore_errors=True)
+    try:
+        _fill_debian_entry(packages, apt, entry, log)
+    except BaseException:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise
+
+
+def _helper(argv: list[str], what: str) -> None:
+    """Run dpkg-deb or depmod; KernelFetchError with the tool's last line if it fails."""
+    proc = CHILDREN.run(argv)
+    if proc.returncode != 0:
+        said = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise KernelFetchError(f"{what} failed: {said}")
+
+
+def _fill_debian_entry(
+    packages: debindex.KernelPackages, apt: PrivateApt, entry: Path, log: Log
+) -> None:
+    release = packages.release
     downloads = entry / "downloads"
     root = entry / "root"
     started = time.monotonic()
     log(f"downloading {', '.join(f'{n}={v}' for n, v in packages.downloads)}")
     apt.download(list(packages.downloads), downloads)
     debs = sorted(downloads.glob("*.deb"))
+    if not debs:
+        raise KernelFetchError(f"apt-get download left no .deb in {downloads}")
     download_s = time.monotonic() - started
     download_bytes = sum(deb.stat().st_size for deb in debs)
     started = time.monotonic()
     root.mkdir(parents=True)
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        # a truncated or corrupt package fails here: "dpkg-deb -x linux-image-...deb failed:
+        # dpkg-deb: error: unexpected end of file in archive member header ..."
+        _helper(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
     if not (root / "lib").exists() and (root / "usr" / "lib" / "modules").is_dir():
         # Merged-/usr packages (7.x): depmod -b looks in <root>/lib/modules.
         (root / "lib").symlink_to("usr/lib")
     modules_dir = root / "lib" / "modules" / release
     # The packages ship no modules.dep; apt's postinst would run depmod on install.
-    subprocess.run(["depmod", "-b", str(root), release], check=True)
+    _helper(["depmod", "-b", str(root), release], f"depmod {release}")
     kernel = _find_kernel(root, release)
     vmlinux = _make_vmlinux(kernel, entry)
     shutil.rmtree(downloads)

@@ -42,22 +42,27 @@ class SpecError(ValueError):
     pass
 
 
-_SERIES = re.compile(r"\d+\.\d+")
-_PACKAGE = re.compile(r"linux-image-[0-9][A-Za-z0-9.+~-]*")
+# ASCII: Python's \d also matches other scripts' digits (int() reads "６.１" as 6.1), which
+# would let a spec pass here and match no package only after an apt lookup.
+_SERIES = re.compile(r"\d+\.\d+", re.ASCII)
+_PACKAGE = re.compile(r"linux-image-[0-9][A-Za-z0-9.+~-]*", re.ASCII)
 # An exact Debian version: upstream with at least three numeric parts, or any "-revision".
-_VERSION = re.compile(r"(\d+:)?\d+\.\d+[A-Za-z0-9.+~]*(-[A-Za-z0-9.+~]+)?")
+_VERSION = re.compile(r"(\d+:)?\d+\.\d+[A-Za-z0-9.+~]*(-[A-Za-z0-9.+~]+)?", re.ASCII)
 
 
 def parse(text: str) -> KernelSpec:
-    text = text.strip()
+    """The spec ``text`` means; SpecError quoting it as given when it means nothing."""
+    given, text = text, text.strip()
     if text == "host":
         return KernelSpec(text, SpecKind.HOST)
     if text.startswith("debian:"):
         return _parse_debian(text, text[len("debian:") :])
-    if "/" in text or text.startswith("."):
+    # a path is told by its kernel part alone: "host,modules=/x" is not a path
+    kernel_part = text.partition(",")[0]
+    if "/" in kernel_part or kernel_part.startswith("."):
         return _parse_path(text)
     raise SpecError(
-        f"unknown kernel spec {text!r}: expected host, debian:X.Y, debian:latest, "
+        f"unknown kernel spec {given!r}: expected host, debian:X.Y, debian:latest, "
         "debian:<package version>, debian:linux-image-<release> or a path to a kernel image"
     )
 

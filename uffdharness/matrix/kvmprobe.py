@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 from . import hosttools
 from .cachedir import cache_root, locked, write_atomic
+from .children import CHILDREN
 from .guest import GuestConfig, run_in_guest
 from .kernels import KernelImage
 
@@ -21,9 +21,7 @@ PROBE_TIMEOUT_S = 30.0  # a TCG boot takes 3-5 s; a working KVM is faster still
 
 
 def _probe_key() -> str:
-    qemu = subprocess.run(
-        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()[:1]
+    qemu = CHILDREN.run(["qemu-system-x86_64", "--version"]).stdout.splitlines()[:1]
     return f"{os.uname().release}|{qemu[0] if qemu else '?'}"
 
 
@@ -55,6 +53,8 @@ def probe(kernel: KernelImage) -> dict:
         result = run_in_guest(
             kernel, ["/bin/true"], PROBE_TIMEOUT_S, config=GuestConfig(accel="kvm")
         )
+        if result.status == "interrupted":
+            CHILDREN.check()  # a probe cut short proves nothing: raise Stopped, cache nothing
         works = result.status == "ok" and result.exit_code == 0
         verdict = {
             "key": _probe_key(),

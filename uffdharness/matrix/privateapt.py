@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .aptmirror import Mirror
+from .children import CHILDREN
 
 ARCHIVE_SUITES = (
     "bullseye",  # 5.10
@@ -159,9 +160,7 @@ class PrivateApt:
         argv: list[str], cwd: Path | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
-        return subprocess.run(
-            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        return CHILDREN.run(argv, cwd=cwd, env=env, timeout=timeout)
 
     @staticmethod
     def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from .. import reports
 from ..runner import Result
-from .runner import GUEST_ROW_ID, KernelRun, exit_status, result_from_json
+from . import reportschema
+from .runner import GUEST_ROW_ID, INTERRUPTED, KernelRun, exit_status
 
 SCHEMA = "uffdharness-matrix/1"
 # Cell text per verdict; the capitals are what needs a look.
@@ -28,6 +29,7 @@ CELL = {
     "hang": "HANG",
 }
 NOT_RUN = "-"
+INTERRUPTED_CELL = INTERRUPTED
 VIOLATION_MARK = "!"
 LEGEND = (
     "pass = behaves as a fixed kernel should    known = known-bug, kernel older than the fix\n"
@@ -95,29 +97,53 @@ def write_json(
         out.write("\n")
 
 
-def runs_from_json(document: dict[str, Any]) -> list[KernelRun]:
-    """KernelRuns from a matrix JSON document (expectations are re-checked by the caller)."""
-    if "kernels" not in document:
-        raise ValueError("not a uffdharness matrix report (no 'kernels' list)")
+def runs_from_json(document: Any) -> list[KernelRun]:
+    """KernelRuns from a matrix JSON document (expectations are re-checked by the caller);
+    ReportError (a ValueError) names the first field that is not as ``write_json`` writes it."""
+    if not isinstance(document, dict) or not isinstance(document.get("kernels"), list):
+        raise reportschema.ReportError("not a uffdharness matrix report (no 'kernels' list)")
     runs = []
-    for section in document["kernels"]:
+    for index, section in enumerate(document["kernels"]):
+        where = f"kernels[{index}]"
+        if not isinstance(section, dict):
+            raise reportschema.ReportError(f"{where} is not an object")
+        version = section.get("package_version")
+        if version is not None and not isinstance(version, str):
+            raise reportschema.ReportError(f"{where}.package_version is not a string")
         runs.append(
             KernelRun(
-                spec=section["spec"],
-                release=section.get("release", ""),
-                package_version=section.get("package_version"),
-                kernel=section.get("kernel", {}),
-                summary=section.get("summary", {}),
-                results=[result_from_json(item) for item in section.get("results", [])],
-                guest=section.get("guest", {}),
+                spec=reportschema.need(section, "spec", str, where),
+                release=section.get("release") or "",
+                package_version=version,
+                kernel=reportschema.kernel_section(section.get("kernel", {}), f"{where}.kernel"),
+                summary=_object(section, "summary", where),
+                results=reportschema.results(section.get("results", []), f"{where}.results"),
+                guest=_object(section, "guest", where),
             )
         )
+        if not isinstance(runs[-1].release, str):
+            raise reportschema.ReportError(f"{where}.release is not a string")
     return runs
 
 
+def _object(section: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = section.get(key, {})
+    if not isinstance(value, dict):
+        raise reportschema.ReportError(f"{where}.{key} is not an object")
+    return value
+
+
 def load(path: str) -> list[KernelRun]:
-    with open(path) as source:
-        return runs_from_json(json.load(source))
+    """The runs in a matrix JSON file; OSError, or ReportError naming the file."""
+    with open(path, "rb") as source:
+        data = source.read()
+    try:
+        return runs_from_json(reportschema.decode(data, path))
+    except reportschema.ReportError as exc:
+        message = str(exc)
+        raise reportschema.ReportError(
+            message if message.startswith(path) else f"{path}: {message}"
+        ) from None
 
 
 # --- JUnit -------------------------------------------------------------------------------
@@ -181,6 +207,8 @@ def cell(run: KernelRun, scenario: str, memory: str) -> str:
     result = next((r for r in run.results if (r.id, r.memory) == (scenario, memory)), None)
     if result is None:
         return NOT_RUN
+    if result.id == GUEST_ROW_ID and run.interrupted:
+        return INTERRUPTED_CELL
     text = CELL.get(result.verdict, result.verdict)
     if any((v.id, v.memory) == (scenario, memory) for v in run.violations):
         text += VIOLATION_MARK
@@ -204,15 +232,19 @@ def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = N
     labels = [_row_label(scenario, memory) for scenario, memory in table_rows]
     first = max([len(label) for label in labels] + [len("scenario[memory]")])
     headings = column_labels(runs)
+    cells = [[cell(run, scenario, memory) for run in runs] for scenario, memory in table_rows]
     widths = [
-        max(len(heading), len(_version_label(run)), 6)
-        for heading, run in zip(headings, runs, strict=True)
+        max([len(heading), len(_version_label(run)), 6] + [len(row[column]) for row in cells])
+        for column, (heading, run) in enumerate(zip(headings, runs, strict=True))
     ]
     out.write(_line("", headings, first, widths))
     out.write(_line("scenario[memory]", [_version_label(run) for run in runs], first, widths))
-    for label, (scenario, memory) in zip(labels, table_rows, strict=True):
-        out.write(_line(label, [cell(run, scenario, memory) for run in runs], first, widths))
-    out.write(f"\n{LEGEND}\n\n")
+    for label, row in zip(labels, cells, strict=True):
+        out.write(_line(label, row, first, widths))
+    out.write(f"\n{LEGEND}\n")
+    if any(run.interrupted for run in runs):
+        out.write(f"{INTERRUPTED_CELL} = stopped by a signal before it finished\n")
+    out.write("\n")
     width = max(len(heading) for heading in headings) if runs else 0
     for heading, run in zip(headings, runs, strict=True):
         out.write(f"{heading:<{width}}  {run.release or '?'}  {_timing(run)}\n")
@@ -275,7 +307,7 @@ def _print_attention(runs: Sequence[KernelRun], out: TextIO) -> None:
             if result.id == GUEST_ROW_ID:
                 for name in ("console_tail", "stderr_tail"):
                     tail = result.facts.get(name)
-                    if tail:
+                    if tail and isinstance(tail, str):
                         out.write(f"    {name.replace('_', ' ')}:\n")
                         out.writelines(f"      {line}\n" for line in tail.splitlines()[-15:])
 

@@ -4,27 +4,32 @@ Each kernel costs one interpreter start: the guest runs ``python -m uffdharness 
 $UFFDHARNESS_RESULTS/report.json`` (the runner forks per scenario), and the report comes
 back through the guest's results share. ``uffdharness run`` exits 1 when a scenario fails;
 that is a verdict, not a guest failure. A guest that returns no report (panic, hang, a
-broken interpreter) becomes one ``error`` or ``hang`` row carrying the console tail, and
-the other kernels still run.
+broken interpreter, a report that is not one) becomes one ``error`` or ``hang`` row
+carrying the console tail, and the other kernels still run.
+
+A stop request (children.CHILDREN.stop, which the CLI calls on SIGINT, SIGTERM or SIGHUP)
+kills every guest and helper this run started; the kernels that had finished keep their
+results, the others get one ``error`` row saying they were interrupted.
 """
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .. import reports
+from ..errors import errno_name
 from ..kernelversion import KernelVersion
 from ..runner import DEFAULT_TIMEOUT, Result
 from ..scenarios.model import BAD_VERDICTS
-from . import hosttools, kernels, kvmprobe
+from . import hosttools, kernels, kvmprobe, reportschema
+from .children import CHILDREN, Stopped, signal_name
 from .defaults import DEFAULT_GUEST_TIMEOUT
 from .expectations import Violation, check
 from .guest import GuestConfig, GuestResult, cpus_per_guest, run_in_guest
@@ -35,8 +40,35 @@ REPORT_NAME = "report.json"
 GUEST_ROW_ID = "guest"
 GUEST_ROW_MEMORY = "-"
 TAIL_LINES = 25
+INTERRUPTED = "interrupted"
+# what a kernel that never produced a report failed to do, as its row's reason begins
+PREPARE_FAILED = "cannot prepare the kernel"
+RUN_FAILED = "the guest could not be run"  # the guest status of a kernel a stop request cut short
+# How often the main thread wakes while guests run: Python runs signal handlers only in the
+# main thread, and only between bytecodes, so it must not block indefinitely.
+WAIT_POLL_S = 0.2
 
-Progress = Callable[[str], None]
+Stage = Literal["preparing", "note", "booting", "host", "done"]
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """One step of one kernel, for progress output.
+
+    preparing: resolving the spec (a download may follow); note: something resolving said
+    (a download, a fallback); booting / host: the guest or host run starts; done: the
+    kernel finished (``text`` names how, and the time taken, but no verdicts: those are in
+    the table)."""
+
+    spec: str
+    stage: Stage
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.spec}: {self.text}"
+
+
+Progress = Callable[[Milestone], None]
 
 
 class MatrixError(RuntimeError):
@@ -82,6 +114,10 @@ class KernelRun:
     @property
     def guest_failed(self) -> bool:
         return any(r.id == GUEST_ROW_ID for r in self.results)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.guest.get("status") == INTERRUPTED
 
     @property
     def ok(self) -> bool:
@@ -164,6 +200,15 @@ def check_specs(specs: Sequence[str]) -> list[str]:
     return seen
 
 
+def selects_anything(pattern: str | None, memory: Sequence[str] | None) -> bool:
+    """Whether ``-k``/``--memory`` select any scenario: the guests run this installation's
+    catalogue, so the host can tell before any guest boots."""
+    from ..runner import select
+    from ..scenarios import CATALOGUE
+
+    return bool(select(CATALOGUE.values(), pattern, memory))
+
+
 def require_tools(specs: Sequence[str]) -> None:
     """MissingHostTools (with the apt-get line) when a spec needs qemu and it is absent.
 
@@ -187,7 +232,20 @@ def run_matrix(
     parallel = max(1, min(options.jobs, guests))
     config = GuestConfig(memory_mb=options.memory_mb, cpus=cpus_per_guest(parallel))
     with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        runs = list(pool.map(lambda spec: run_kernel(spec, options, python, config, say), specs))
+        futures = [pool.submit(run_kernel, spec, options, python, config, say) for spec in specs]
+        interrupt = None
+        pending = set(futures)
+        while pending:
+            try:
+                _, pending = wait(pending, timeout=WAIT_POLL_S, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt as exc:  # SIGINT with Python's own handler in place
+                interrupt = exc
+                CHILDREN.stop(signal.SIGINT)
+            CHILDREN.escalate()
+        if interrupt is not None:  # raised once no guest of this run is left running
+            CHILDREN.reset()
+            raise interrupt
+        runs = [future.result() for future in futures]
     for run in runs:
         run.check_expectations()
     return runs
@@ -196,7 +254,7 @@ def run_matrix(
 def _serialised(progress: Progress | None) -> Progress:
     lock = threading.Lock()
 
-    def say(message: str) -> None:
+    def say(message: Milestone) -> None:
         if progress is not None:
             with lock:
                 progress(message)
@@ -207,59 +265,84 @@ def _serialised(progress: Progress | None) -> Progress:
 def run_kernel(
     spec: str, options: MatrixOptions, python: str, config: GuestConfig, say: Progress
 ) -> KernelRun:
+    """One kernel's column; never raises, so one kernel cannot stop the others."""
     started = time.monotonic()
     try:
-        image = kernels.resolve(spec)
-    except Exception as exc:  # noqa: BLE001 - a download, dpkg-deb or depmod failure of one
-        # kernel must not stop the others
-        expected = (kernels.KernelFetchError, hosttools.MissingHostTools, SpecError, OSError)
-        what = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
-        say(f"{spec}: cannot prepare the kernel: {what}")
-        return failed_run(spec, "error", f"cannot prepare the kernel: {what}")
-    if image.is_host:
-        say(f"{spec}: running on the host kernel {image.release}")
-    else:
-        version = f" ({image.package_version})" if image.package_version else ""
-        say(
-            f"{spec}: booting {image.release}{version} in qemu, {config.cpus} vCPU, "
-            f"{config.memory_mb} MB"
-        )
-    try:
-        if not image.is_host:
-            config = replace(config, accel=kvmprobe.default_accel(image))
-        outcome = run_in_guest(
-            image, run_argv(options, python), options.guest_timeout, config=config
-        )
-    except hosttools.MissingHostTools as exc:
-        say(f"{spec}: {exc}")
-        return failed_run(spec, "error", str(exc), release=image.release)
-    except Exception as exc:  # noqa: BLE001 - one kernel's harness failure must not stop the rest
-        say(f"{spec}: the guest could not be run: {type(exc).__name__}: {exc}")
-        return failed_run(
-            spec,
-            "error",
-            f"the guest could not be run: {type(exc).__name__}: {exc}",
-            release=image.release,
-        )
-    run = from_guest(spec, image.release, image.package_version, outcome)
-    say(f"{spec}: {describe(run, time.monotonic() - started)}")
+        run = _run_kernel(spec, options, python, config, say)
+    except Stopped as stop:
+        run = interrupted_run(spec, stop.signum, time.monotonic() - started)
+    took = time.monotonic() - started
+    say(Milestone(spec, "done", _outcome(run, took)))
     return run
 
 
-def describe(run: KernelRun, wall_s: float | None = None) -> str:
-    """One progress/summary line: guest status, timings, verdict counts."""
-    guest = run.guest
-    parts = [guest.get("status", "?")]
-    if wall_s is not None:
-        parts.append(f"in {wall_s:.1f} s")
-    if guest.get("accel") and guest["accel"] != "host":
-        boot = guest.get("boot_s")
-        parts.append(
-            f"(boot {boot:.1f} s, {guest['accel']})" if boot is not None else f"({guest['accel']})"
+def _run_kernel(
+    spec: str, options: MatrixOptions, python: str, config: GuestConfig, say: Progress
+) -> KernelRun:
+    CHILDREN.check()
+    say(Milestone(spec, "preparing", "preparing the kernel"))
+    try:
+        image = kernels.resolve(spec, log=lambda text: say(Milestone(spec, "note", text)))
+    except Stopped:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a download, dpkg-deb or depmod failure of one
+        # kernel must not stop the others
+        CHILDREN.check()  # a helper the stop killed is no failure of the kernel
+        return unfinished_run(spec, PREPARE_FAILED, describe_error(exc))
+    try:
+        if image.is_host:
+            say(Milestone(spec, "host", f"running on the host kernel {image.release}"))
+        else:
+            config = replace(config, accel=kvmprobe.default_accel(image))
+            version = f" ({image.package_version})" if image.package_version else ""
+            say(
+                Milestone(
+                    spec,
+                    "booting",
+                    f"booting {image.release}{version} in qemu ({config.accel}, "
+                    f"{config.cpus} vCPU, {config.memory_mb} MB)",
+                )
+            )
+        outcome = run_in_guest(
+            image, run_argv(options, python), options.guest_timeout, config=config
         )
-    counts = reports.counts(run.results)
-    tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n)
-    return f"{' '.join(parts)}: {len(run.results)} results ({tally})"
+    except Stopped:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one kernel's harness failure must not stop the rest
+        CHILDREN.check()
+        if isinstance(exc, hosttools.MissingHostTools):
+            return unfinished_run(spec, RUN_FAILED, str(exc), image.release, named=False)
+        return unfinished_run(spec, RUN_FAILED, describe_error(exc), image.release)
+    return from_guest(spec, image.release, image.package_version, outcome)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: its message for the errors we raise on purpose, the errno
+    name for OS errors (``ENOSPC (No space left on device): /tmp/x``), else its type too."""
+    if isinstance(exc, OSError) and exc.errno:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{errno_name(exc.errno)} ({exc.strerror}){where}"
+    expected = (kernels.KernelFetchError, hosttools.MissingHostTools, SpecError)
+    text = str(exc) if isinstance(exc, expected) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def _outcome(run: KernelRun, took_s: float) -> str:
+    """The done milestone: how the kernel ended and how long it took, no verdicts."""
+    guest = run.guest
+    status = guest.get("status")
+    if status == INTERRUPTED:
+        return f"interrupted after {took_s:.1f} s"
+    if guest.get("failed_to"):
+        return f"{guest['failed_to']} ({took_s:.1f} s; the reason is in the table)"
+    if status != "ok":
+        return f"guest {status} after {took_s:.1f} s (the reason is in the table)"
+    boot, accel = guest.get("boot_s"), guest.get("accel")
+    if accel == "host":
+        return f"finished in {took_s:.1f} s (on the host)"
+    return f"finished in {took_s:.1f} s " + (
+        f"(boot {boot:.1f} s, {accel})" if boot is not None else f"({accel})"
+    )
 
 
 def from_guest(
@@ -277,21 +360,29 @@ def from_guest(
     run = KernelRun(spec, release, package_version, guest=guest)
     report, problem = _read_report(outcome)
     if report is not None:
-        run.kernel = report.get("kernel", {})
-        run.summary = report.get("summary", {})
-        run.results = [result_from_json(item) for item in report.get("results", [])]
+        run.kernel, run.summary, run.results = report
     if outcome.status != "ok" or problem:
         verdict = "hang" if outcome.status == "hang" else "error"
+        # the cause (qemu's message, a panic, a full share) first, then what it left missing
         reason = outcome.detail or problem or outcome.status
-        if problem and outcome.detail:
+        if problem and outcome.detail and outcome.status != INTERRUPTED:
             reason = f"{outcome.detail}; {problem}"
         guest["console_tail"] = _tail(outcome.console_tail)
         guest["stderr_tail"] = _tail(outcome.stderr)
-        run.results.append(guest_row(verdict, reason, guest))
+        row = guest_row(verdict, reason, guest)
+        if outcome.status == INTERRUPTED:
+            row = replace(row, key="guest interrupted")
+            if CHILDREN.stop_signal is not None:
+                guest["signal"] = signal_name(CHILDREN.stop_signal)
+        run.results.append(row)
     return run
 
 
-def _read_report(outcome: GuestResult) -> tuple[dict[str, Any] | None, str]:
+GuestReport = tuple[dict[str, Any], dict[str, Any], list[Result]]  # kernel, summary, results
+
+
+def _read_report(outcome: GuestResult) -> tuple[GuestReport | None, str]:
+    """The guest's report and what is wrong with it ("" when nothing is)."""
     data = outcome.files.get(REPORT_NAME)
     if data is None:
         last = outcome.stderr.strip().splitlines()[-1:] if outcome.stderr.strip() else []
@@ -300,12 +391,33 @@ def _read_report(outcome: GuestResult) -> tuple[dict[str, Any] | None, str]:
             f"no {REPORT_NAME} from uffdharness run (exit code {outcome.exit_code}){said}"
         )
     try:
-        report = json.loads(data)
-    except ValueError as exc:
-        return None, f"unreadable {REPORT_NAME}: {exc}"
+        report = parse_report(data)
+    except reportschema.ReportError as exc:
+        return None, str(exc)
     if outcome.exit_code not in (0, 1):
         return report, f"uffdharness run exited {outcome.exit_code}"
     return report, ""
+
+
+def parse_report(data: bytes) -> GuestReport:
+    """``uffdharness run --json`` output, checked; ReportError names what is wrong."""
+    document = reportschema.decode(data, REPORT_NAME)
+    if not isinstance(document, dict):
+        raise reportschema.ReportError(
+            f"{REPORT_NAME} holds {type(document).__name__}, not an object"
+        )
+    where = REPORT_NAME
+    kernel = reportschema.kernel_section(document.get("kernel", {}), f"{where}: kernel")
+    summary = document.get("summary", {})
+    if not isinstance(summary, dict):
+        raise reportschema.ReportError(f"{where}: summary is not an object")
+    results = reportschema.results(document.get("results", []), f"{where}: results")
+    for index, result in enumerate(results):
+        if result.id == GUEST_ROW_ID:
+            raise reportschema.ReportError(
+                f"{where}: results[{index}].id: {GUEST_ROW_ID!r} is the matrix's own row"
+            )
+    return kernel, summary, results
 
 
 def guest_row(verdict: str, reason: str, guest: dict[str, Any]) -> Result:
@@ -334,17 +446,23 @@ def failed_run(spec: str, verdict: str, reason: str, release: str = "") -> Kerne
     return KernelRun(spec, release, guest=guest, results=[guest_row(verdict, reason, guest)])
 
 
-def result_from_json(item: dict[str, Any]) -> Result:
-    """The inverse of runner.Result.to_json."""
-    return Result(
-        item["id"],
-        item["memory"],
-        item["verdict"],
-        item.get("reason", ""),
-        item.get("key", ""),
-        item.get("facts", {}),
-        item.get("duration_s", 0.0),
-    )
+def unfinished_run(
+    spec: str, failed_to: str, detail: str, release: str = "", named: bool = True
+) -> KernelRun:
+    """An error row for a kernel that never ran its job: ``failed_to`` (PREPARE_FAILED,
+    RUN_FAILED) begins the reason unless ``detail`` says it well enough (``named=False``)."""
+    run = failed_run(spec, "error", f"{failed_to}: {detail}" if named else detail, release)
+    run.guest["failed_to"] = failed_to
+    return run
+
+
+def interrupted_run(spec: str, signum: int, took_s: float) -> KernelRun:
+    """The row of a kernel a stop request cut short before it finished."""
+    detail = f"interrupted by {signal_name(signum)} after {took_s:.1f} s, before it finished"
+    run = failed_run(spec, "error", detail)
+    run.guest.update(status=INTERRUPTED, signal=signal_name(signum))
+    run.results[0] = replace(run.results[0], key="guest interrupted")
+    return run
 
 
 def _tail(text: str, lines: int = TAIL_LINES) -> str:
