@@ -15,12 +15,27 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
-__all__ = ["STOPPING_SIGNALS", "Interrupted", "blocked", "raising"]
+__all__ = [
+    "STOPPING_SIGNALS",
+    "Interrupted",
+    "blocked",
+    "calling",
+    "raising",
+    "restore_defaults",
+    "signal_name",
+]
 
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -32,7 +47,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def signal_name(self) -> str:
-        return signal.Signals(self.signum).name
+        return signal_name(self.signum)
 
     @property
     def exit_code(self) -> int:
@@ -54,6 +69,25 @@ def raising() -> Iterator[None]:
             raise Interrupted(signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in STOPPING_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def calling(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, each stopping signal calls ``on_signal(signum)`` and raises
+    nothing: for a command whose worker threads wind down on a stop request (the matrix)
+    rather than through an exception in the main thread. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        signum: signal.signal(signum, lambda signum, _frame: on_signal(signum))
+        for signum in STOPPING_SIGNALS
+    }
     try:
         yield
     finally:

@@ -19,12 +19,12 @@ import argparse
 import contextlib
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any, TextIO
+from typing import TextIO
 
 from uffdharness.defaults import DEFAULT_TIMEOUT
+from uffdharness.interrupts import signal_name
 from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
 
 from .arguments import (
@@ -37,7 +37,6 @@ from .arguments import (
 from .run import add_selection_arguments
 
 MAX_JOBS = 64
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 __all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run_merge"]
 
@@ -163,26 +162,24 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         with _stop_on_signals():
             return _run(args, out or sys.stdout)
-    except KeyboardInterrupt:  # a SIGINT before the handlers were in place
-        sys.stderr.write("uffdharness matrix: interrupted by SIGINT before any kernel ran\n")
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as stop:  # a signal before the handlers were in place
+        signum = getattr(stop, "signum", signal.SIGINT)
+        sys.stderr.write(
+            f"uffdharness matrix: interrupted by {signal_name(signum)} before any kernel ran\n"
+        )
+        return 128 + signum
 
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """Route STOP_SIGNALS to the matrix's stop request while the block runs (main thread
-    only: elsewhere Python cannot install handlers, and nothing is routed)."""
+    """Route the stopping signals to the matrix's stop request while the block runs."""
+    from uffdharness import interrupts
     from uffdharness.matrix.children import CHILDREN
 
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, lambda signum, frame: CHILDREN.stop(signum))
     try:
-        yield
+        with interrupts.calling(CHILDREN.stop):
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         CHILDREN.reset()
 
 
@@ -192,7 +189,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     check_outputs(args.usage_error, json=args.json, junit=args.junit)
 
     from uffdharness.matrix import hosttools, report
-    from uffdharness.matrix.children import CHILDREN, signal_name
+    from uffdharness.matrix.children import CHILDREN
     from uffdharness.matrix.kernelspec import SpecError
     from uffdharness.matrix.progress import ProgressPrinter
     from uffdharness.matrix.runner import (

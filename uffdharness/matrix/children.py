@@ -27,16 +27,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..interrupts import signal_name
+
 STOP_GRACE_S = 3.0
 
-__all__ = ["CHILDREN", "STOP_GRACE_S", "Children", "Stopped", "signal_name"]
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
+__all__ = ["CHILDREN", "STOP_GRACE_S", "Children", "Stopped"]
 
 
 class Stopped(Exception):

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import errno_name
+from ..interrupts import signal_name
 from . import hosttools, initramfs
-from .children import CHILDREN, signal_name
+from .children import CHILDREN
 from .kernels import KernelImage
 
 Status = Literal["ok", "error", "hang", "interrupted"]

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import errno_name
+from ..interrupts import signal_name
 from ..kernelversion import KernelVersion
 from ..runner import DEFAULT_TIMEOUT, Result
 from ..scenarios.model import BAD_VERDICTS
 from . import hosttools, kernels, kvmprobe, reportschema
-from .children import CHILDREN, Stopped, signal_name
+from .children import CHILDREN, Stopped
 from .defaults import DEFAULT_GUEST_TIMEOUT
 from .expectations import Violation, check
 from .guest import GuestConfig, GuestResult, cpus_per_guest, run_in_guest
