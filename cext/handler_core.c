@@ -120,8 +120,7 @@ static void served_free(struct uh_served *s)
 {
     for (int i = 0; i < s->nranges; i++)
         free(s->ranges[i].present);
-    if (s->owned && s->fd >= 0)
-        close(s->fd);
+    close_served(s);
     free(s);
 }
 
@@ -159,6 +158,7 @@ int add_uffd(struct uh_core *c, int fd, int owned)
         return -ENOMEM;
     s->fd = fd;
     s->owned = owned;
+    s->seen_fd = -1;
     c->uffds[c->nuffds] = s;
     return c->nuffds++;
 }
@@ -334,6 +334,7 @@ int uh_core_wait(struct uh_core *c, int timeout_ms, uint64_t *ready, int *woken)
 {
     struct pollfd pfd[UH_MAX_UFFDS + 1];
     uint64_t backlog = 0;
+    int watched = 0;
     pthread_mutex_lock(&c->lock);
     int n = c->nuffds;
     pfd[0] = (struct pollfd){.fd = c->wake_fd, .events = POLLIN};
@@ -341,11 +342,16 @@ int uh_core_wait(struct uh_core *c, int timeout_ms, uint64_t *ready, int *woken)
         pfd[i + 1] = (struct pollfd){.fd = c->uffds[i]->fd, .events = POLLIN};
         if (c->uffds[i]->backlog_count)
             backlog |= 1ULL << i;
+        watched |= c->uffds[i]->ino != 0;
     }
     pthread_mutex_unlock(&c->lock);
+    if (backlog)
+        timeout_ms = 0;
+    else if (watched && (timeout_ms < 0 || timeout_ms > UH_WATCH_MS))
+        timeout_ms = UH_WATCH_MS;
     int rc;
     do {
-        rc = poll(pfd, (nfds_t)n + 1, backlog ? 0 : timeout_ms);
+        rc = poll(pfd, (nfds_t)n + 1, timeout_ms);
     } while (rc < 0 && errno == EINTR);
     if (rc < 0)
         return -errno;
@@ -357,9 +363,15 @@ int uh_core_wait(struct uh_core *c, int timeout_ms, uint64_t *ready, int *woken)
             (void)!read(c->wake_fd, buf, sizeof(buf));
     }
     uint64_t mask = backlog;
-    for (int i = 0; i < n; i++)
+    int invalid = 0;
+    for (int i = 0; i < n; i++) {
         if (pfd[i + 1].revents & (POLLIN | POLLERR | POLLHUP))
             mask |= 1ULL << i;
+        invalid |= (pfd[i + 1].revents & POLLNVAL) && pfd[i + 1].fd >= 0;
+    }
+    /* POLLNVAL: one of our own fds is gone, so look now rather than spin until due. */
+    if (watched && watch(c, invalid) < 0)
+        return -EBADF;
     *ready = mask;
     return __builtin_popcountll(mask);
 }

@@ -60,6 +60,12 @@ static int adopt_fork(struct uh_core *c, int ui, int child_fd)
         return ci;
     }
     struct uh_served *parent = c->uffds[ui], *child = c->uffds[ci];
+    child->adopted = 1;
+    /* child_fd is the number the event log shows: read a duplicate and watch that number,
+     * as for the caller's uffd. Without a spare fd it is served through child_fd itself. */
+    int rc = own_served(child, getpid(), 1);
+    if (rc < 0)
+        count_error(c, -rc);
     for (int i = 0; i < parent->nranges; i++) {
         struct uh_range *r = &parent->ranges[i];
         add_range(child, r->start, r->len, r->page_size, r->src_offset, r->policy,
@@ -173,24 +179,26 @@ static int release(struct uh_core *c, int reason)
         struct uh_served *s = c->uffds[i];
         if (s->fd < 0)
             continue;
-        if (s->owned) {
-            /* Closing an adopted child uffd wakes its faults and unregisters its ranges
-             * (userfaultfd_release). */
-            close(s->fd);
-            s->fd = -1;
+        if (!s->adopted) {
+            for (int j = 0; j < s->nranges; j++) {
+                struct uh_range *r = &s->ranges[j];
+                struct uh_uffdio_range range = {r->start, r->len};
+                /* UNREGISTER wakes waiters only for MISSING mode; WAKE covers WP, MINOR. */
+                if (ioctl(s->fd, UH_UFFDIO_UNREGISTER, &range) < 0)
+                    count_error(c, errno);
+                wake_page(c, s->fd, r->start, r->len);
+                released++;
+            }
+            s->backlog_count = 0;
+        }
+        if (s->adopted || s->orphaned) {
+            /* The core's reference is the last one it knows of (an adopted child's, or
+             * the duplicate of a uffd its owner closed): closing it runs
+             * userfaultfd_release, which unregisters every range of that uffd, served or
+             * not, and wakes all its faults. */
+            close_served(s);
             bump(&st->closed_uffds, 1);
-            continue;
         }
-        for (int j = 0; j < s->nranges; j++) {
-            struct uh_range *r = &s->ranges[j];
-            struct uh_uffdio_range range = {r->start, r->len};
-            /* UNREGISTER wakes waiters only for MISSING mode; WAKE covers WP and MINOR. */
-            if (ioctl(s->fd, UH_UFFDIO_UNREGISTER, &range) < 0)
-                count_error(c, errno);
-            wake_page(c, s->fd, r->start, r->len);
-            released++;
-        }
-        s->backlog_count = 0;
     }
     bump(&st->released_ranges, (uint64_t)released);
     if (!st->released)

@@ -68,8 +68,8 @@ static void *native_main(void *arg)
     struct uh_native *nt = arg;
     struct uh_core *c = nt->core;
     struct uh_uffd_msg *msgs = calloc((size_t)nt->batch, sizeof(*msgs));
-    struct pollfd pfd[UH_MAX_UFFDS + 1];
     int rc = msgs ? pin_self(nt->cpu) : -ENOMEM;
+    int closed = 0; /* rc is watch()'s -EBADF: a watched uffd was closed under us */
     pthread_setname_np(pthread_self(), "uffd-native");
     __atomic_store_n(&nt->tid, (int)gettid(), __ATOMIC_RELEASE);
 
@@ -85,39 +85,29 @@ static void *native_main(void *arg)
                     handled += n;
             }
             pthread_mutex_unlock(&c->lock);
-            if (!handled) {
+            if (!handled && rc == 0) {
                 uint64_t value; /* keep the (non-blocking) eventfd from filling up */
                 (void)!read(nt->efd, &value, sizeof(value));
+                closed = (rc = watch(c, 0)) < 0;
                 sched_yield();
             }
             continue;
         }
-        pthread_mutex_lock(&c->lock);
-        int n = c->nuffds;
-        pfd[0] = (struct pollfd){.fd = nt->efd, .events = POLLIN};
-        int backlog = 0;
-        for (int i = 0; i < n; i++) {
-            pfd[i + 1] = (struct pollfd){.fd = c->uffds[i]->fd, .events = POLLIN};
-            backlog |= c->uffds[i]->backlog_count != 0;
-        }
-        pthread_mutex_unlock(&c->lock);
-        int ready = poll(pfd, (nfds_t)n + 1, backlog ? 0 : -1);
-        if (ready < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = -errno;
-            fail(c, errno, UH_OP_POLL, 0, 0, 0);
+        uint64_t ready;
+        int woken;
+        int n = uh_core_wait(c, -1, &ready, &woken);
+        if (n < 0) {
+            rc = n;
+            closed = n == -EBADF; /* recorded by the check */
+            if (!closed)
+                fail(c, -n, UH_OP_POLL, 0, 0, 0);
             break;
         }
-        if (pfd[0].revents) {
-            uint64_t value;
-            (void)!read(nt->efd, &value, sizeof(value));
+        if (woken)
             continue; /* stop, or a range/uffd was added: rebuild the poll set */
-        }
         pthread_mutex_lock(&c->lock);
-        for (int i = 0; i < n && rc == 0; i++) {
-            if (!(pfd[i + 1].revents & (POLLIN | POLLERR | POLLHUP)) &&
-                !c->uffds[i]->backlog_count)
+        for (int i = 0; ready && rc == 0; i++, ready >>= 1) {
+            if (!(ready & 1))
                 continue;
             long got = native_batch(c, i, msgs, (size_t)nt->batch);
             if (got < 0)
@@ -125,7 +115,11 @@ static void *native_main(void *arg)
         }
         pthread_mutex_unlock(&c->lock);
     }
-    if (rc < 0 && rc != -ENOMEM)
+    if (rc == 0) /* a close just before stop() is still this handler's to report */
+        closed = (rc = watch(c, 1)) < 0;
+    if (closed)
+        uh_core_release(c, UH_RELEASE_CLOSED);
+    else if (rc < 0 && rc != -ENOMEM)
         uh_core_release(c, UH_RELEASE_FAILURE);
     else
         uh_core_flush_events(c);

@@ -38,6 +38,8 @@
 #define UH_OP_READ 8       /* read(uffd) */
 #define UH_OP_POLL 9
 #define UH_OP_NO_ACTION 10 /* the policy has no action for this fault kind */
+#define UH_OP_CLOSED 11    /* EBADF: the owner closed its number of uffd len (fd in addr) */
+#define UH_OP_LOST 12      /* EBADF: the core's own duplicate (fd in addr) was closed */
 
 /* Fault kinds (struct uh_fault_info.kind, first index of uh_stats.faults) */
 #define UH_KIND_MISSING 0
@@ -49,6 +51,7 @@
 #define UH_RELEASE_STOP 1        /* stop() with release_on_stop */
 #define UH_RELEASE_LEFT_BEHIND 2 /* stop() found faults nobody resolved */
 #define UH_RELEASE_FAILURE 3     /* the policy or an ioctl failed */
+#define UH_RELEASE_CLOSED 4      /* a served uffd was closed under the handler */
 
 #define UH_MAX_UFFDS 64
 #define UH_MAX_RANGES 128
@@ -162,10 +165,16 @@ void uh_stats_free(struct uh_stats *stats);
 
 /* A core writing into stats; wake_fd (eventfd or pipe read end) interrupts waits/delays. */
 struct uh_core *uh_core_new(struct uh_stats *stats, int wake_fd);
-/* Frees the core and closes the uffds it adopted (never the one it was given). */
+/* Frees the core and closes what it owns: its duplicates and the uffds it adopted (never
+ * the fd it was given). */
 void uh_core_free(struct uh_core *core);
 int uh_core_set_policy(struct uh_core *core, int index, const struct uh_policy *policy);
 int uh_core_add_uffd(struct uh_core *core, int fd, int owned);
+/* Read uffd number `uffd` through a private duplicate from now on, and watch the fd it
+ * was added with, in process owner_pid, for a close (see uh_core_wait). 0 or -errno. */
+int uh_core_own_uffd(struct uh_core *core, int uffd, int owner_pid);
+/* Check now that every watched uffd is still open: 0, or -EBADF (recorded as the failure). */
+int uh_core_verify(struct uh_core *core);
 int uh_core_add_range(struct uh_core *core, int uffd, uint64_t start, uint64_t len,
                       uint64_t page_size, uint64_t src_offset, int policy);
 int uh_core_fd(struct uh_core *core, int uffd);
@@ -176,7 +185,9 @@ void uh_core_set_wake_fd(struct uh_core *core, int wake_fd);
 void uh_core_set_stopping(struct uh_core *core, int stopping);
 
 /* poll() the wake fd and every uffd; *ready gets bit i for uffd i. Returns the number of
- * ready uffds, 0 when only the wake fd fired (or timeout), or -errno. */
+ * ready uffds, 0 when only the wake fd fired (or timeout), or -errno. While uffds are
+ * watched it wakes every UH_WATCH_MS to check them: -EBADF means one was closed (recorded
+ * as the failure; release with UH_RELEASE_CLOSED). */
 int uh_core_wait(struct uh_core *core, int timeout_ms, uint64_t *ready, int *woken);
 /* Messages: first those set aside while retrying an ioctl, then read(2). -EAGAIN: none. */
 long uh_core_read(struct uh_core *core, int uffd, struct uh_uffd_msg *out, size_t max,

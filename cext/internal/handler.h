@@ -8,6 +8,7 @@
  *   handler_resolve.c  resolving ioctls with EEXIST/EAGAIN handling, built-in policies
  *   handler_events.c   non-pagefault events (fork, remap, remove, unmap) and release
  *   handler_native.c   the native engine thread and the fork bridge
+ *   handler_watch.c    the private duplicate of each uffd, and noticing its owner's close
  */
 #ifndef UFFDHARNESS_INTERNAL_HANDLER_H
 #define UFFDHARNESS_INTERNAL_HANDLER_H
@@ -25,6 +26,9 @@
 /* Shared between the units but not exported from the extension module. */
 #define UH_HIDDEN __attribute__((visibility("hidden")))
 
+/* How often a waiting engine checks that the owners' uffd numbers are still open. */
+#define UH_WATCH_MS 50
+
 struct uh_range {
     uint64_t start, len, page_size, src_offset;
     int32_t policy;
@@ -32,8 +36,14 @@ struct uh_range {
 };
 
 struct uh_served {
-    int fd;
-    int owned;
+    int fd;         /* what the core reads: its private duplicate once owned */
+    int owned;      /* the core closes fd (its duplicate, or an adopted child's) */
+    int adopted;    /* a fork child's uffd: released by closing it */
+    int seen_fd;    /* the number the uffd's owner sees, watched for a close; -1: none */
+    int seen_pid;   /* the process whose fd table holds seen_fd */
+    int seen_owned; /* seen_fd is the core's too (an adopted child's number) */
+    int orphaned;   /* seen_fd was closed: release closes fd so the kernel releases it */
+    uint64_t dev, ino; /* identity of fd when the core took it (0: never owned) */
     int nranges;
     struct uh_range ranges[UH_MAX_RANGES];
     size_t backlog_head, backlog_count;
@@ -53,6 +63,7 @@ struct uh_core {
     size_t scratch_len;
     uint64_t outstanding; /* faults read and deliberately left unresolved */
     struct uh_failure last;
+    uint64_t verify_at; /* now_ns() of the next watch() check */
 };
 
 /* ---- small helpers ----------------------------------------------------------------- */
@@ -142,5 +153,16 @@ UH_HIDDEN int apply(struct uh_core *c, const struct uh_fault_info *f, int policy
 /* ---- handler_events.c -------------------------------------------------------------- */
 
 UH_HIDDEN int event(struct uh_core *c, int ui, const struct uh_uffd_msg *m);
+
+/* ---- handler_watch.c --------------------------------------------------------------- */
+
+/* Read s through a private F_DUPFD_CLOEXEC duplicate from now on and watch the number it
+ * had, in process pid (seen_owned: that number is the core's to close too). 0 or -errno. */
+UH_HIDDEN int own_served(struct uh_served *s, int pid, int seen_owned);
+/* Close what the core owns of s (its seen number only while it still holds the uffd). */
+UH_HIDDEN void close_served(struct uh_served *s);
+/* Check the watched uffds when due (every UH_WATCH_MS) or when forced; takes the lock.
+ * 0, or -EBADF with the close recorded as the engine's failure. */
+UH_HIDDEN int watch(struct uh_core *c, int force);
 
 #endif

@@ -1,6 +1,7 @@
 """Fault handling: FaultHandler with native, thread and process engines, and policies."""
 
 from .context import FaultContext
+from .core import UffdClosedError
 from .handler import ENGINES, EngineName, FaultHandler
 from .policy import (
     Address,
@@ -54,6 +55,7 @@ __all__ = [
     "Policy",
     "Readahead",
     "ReleaseReason",
+    "UffdClosedError",
     "Unprotect",
     "Zeropage",
 ]

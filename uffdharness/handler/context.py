@@ -152,7 +152,9 @@ class PythonLoop:
 
     ``should_stop`` is asked each time the wake fd fires. A policy exception (or a failed
     resolve) is recorded, every served range is released so no faulting thread is left
-    asleep, and the exception propagates to the engine.
+    asleep, and the exception propagates to the engine. A served uffd closed under the loop
+    (noticed by the core's periodic check, or at the stop) ends it the same way, with
+    UffdClosedError.
     """
 
     def __init__(self, core: Core, batch: int, should_stop: Callable[[], bool]) -> None:
@@ -171,12 +173,19 @@ class PythonLoop:
         t_read = ffi.new("uint64_t *")
         msgs = ffi.new("struct uh_uffd_msg[]", self.batch)
         pagefault = int(EventType.PAGEFAULT)
+        closed = False  # the core found a served uffd closed (already recorded)
         try:
             while True:
                 count = lib.uh_core_wait(ptr, -1, ready, woken)
+                if count == -errno.EBADF:
+                    closed = True
+                    raise core.closed_failure()
                 if count < 0:
                     raise UffdError(-count, "poll(uffd)")
                 if woken[0] and self.should_stop():
+                    if lib.uh_core_verify(ptr) < 0:  # closed just before the stop
+                        closed = True
+                        raise core.closed_failure()
                     lib.uh_core_flush_events(ptr)
                     return
                 mask = ready[0]
@@ -195,6 +204,9 @@ class PythonLoop:
                         elif lib.uh_core_fault(ptr, uffd, msg, t_read[0], info) >= 0:
                             policies[info.policy].on_fault(ctx)
         except BaseException as exc:
-            core.record_failure(exc)
-            core.release(ReleaseReason.FAILURE)
+            if closed:
+                core.release(ReleaseReason.CLOSED)
+            else:
+                core.record_failure(exc)
+                core.release(ReleaseReason.FAILURE)
             raise

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from .._native import ffi, lib
 from ..errors import HarnessError, UffdError
 from .policy import Builtin, Policy, Resources
-from .stats import OP_NAMES, HandlerStats, ReleaseReason
+from .stats import OP_NAMES, HandlerStats, ReleaseReason, closed_uffd
+
+
+class UffdClosedError(UffdError):
+    """A uffd the handler served was closed under it (EBADF). The caller's or an adopted
+    child's: the handler released its ranges and closed its duplicate (so the kernel
+    released the uffd and woke its faults), then stopped. The handler's own duplicate,
+    closed by someone else: it stopped, with nothing left to unregister through."""
 
 
 class Core:
@@ -53,6 +61,11 @@ class Core:
     def add_uffd(self, fd: int, owned: bool = False) -> int:
         return self._check(lib.uh_core_add_uffd(self.ptr, fd, int(owned)), "add uffd")
 
+    def own_uffd(self, uffd: int, owner_pid: int) -> None:
+        """Read uffd number ``uffd`` through a private duplicate (F_DUPFD_CLOEXEC, closed
+        with the core) and watch the fd it was added with, in process ``owner_pid``."""
+        self._check(lib.uh_core_own_uffd(self.ptr, uffd, owner_pid), "F_DUPFD_CLOEXEC(uffd)")
+
     def add_range(
         self,
         uffd: int,
@@ -96,6 +109,10 @@ class Core:
         lib.uh_core_last_failure(self.ptr, failure)
         return failure_error(failure.err, failure.op, failure.addr, failure.len, failure.done)
 
+    def closed_failure(self) -> UffdError:
+        """The close uh_core_wait/uh_core_verify reported with -EBADF (and recorded)."""
+        return self.stats_failure() or UffdClosedError(errno.EBADF, "userfaultfd")
+
     def stats_failure(self) -> UffdError | None:
         """The engine failure recorded in the shared counters, as an exception."""
         s = self.stats_ptr
@@ -134,6 +151,16 @@ class Core:
 
 
 def failure_error(err: int, op: int, addr: int, length: int, done: int) -> UffdError:
+    if op == lib.UH_OP_CLOSED:
+        detail = "closed under the running handler, which released its ranges and stopped"
+        return UffdClosedError(err, closed_uffd(op, addr, length), detail=detail)
+    if op == lib.UH_OP_LOST:
+        # Not the owner's close: someone closed a number they were never given. With its
+        # own reference gone the handler can neither read nor unregister that uffd.
+        detail = (
+            "closed under the running handler by someone else: it stopped, unable to unregister"
+        )
+        return UffdClosedError(err, closed_uffd(op, addr, length), detail=detail)
     if op == lib.UH_OP_NO_ACTION:
         kind = {0: "missing", 1: "wp", 2: "minor"}.get(length, str(length))
         return UffdError(err, "policy", addr, detail=f"the policy has no action for {kind} faults")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable
 from typing import Literal
@@ -12,7 +13,7 @@ from ..errors import HarnessError
 from ..memory import PAGE_SIZE
 from ..uffd import Userfaultfd
 from .context import FaultContext
-from .core import Core
+from .core import Core, UffdClosedError
 from .engine import Engine
 from .native import NativeEngine
 from .policy import Builtin, HasRange, Policy, as_policy, require_native
@@ -57,8 +58,13 @@ class FaultHandler:
     does the same, so nothing touched afterwards can sleep on a uffd nobody reads; without
     it, ranges are released only if a fault was left unresolved.
 
-    The handler does not own ``uffd`` (it sets O_NONBLOCK on it); it owns the child uffds
-    it adopts from fork events and closes them at stop.
+    The handler does not own ``uffd`` (it sets O_NONBLOCK on it). From start() it reads a
+    private duplicate of it, closed at stop (the process engine's helper reads the copy it
+    inherited). Closing ``uffd`` under a running handler is noticed within about 50 ms:
+    it releases its ranges and closes its duplicate, which lets the kernel release the
+    uffd and wake every thread asleep in a fault; check()/stop() raise UffdClosedError.
+    Whatever file takes the closed fd number is never read. The child uffds it adopts from
+    fork events are its own, watched the same way, and closed at stop.
     """
 
     def __init__(
@@ -149,8 +155,17 @@ class FaultHandler:
     def start(self) -> FaultHandler:
         if self._state != "new":
             raise HarnessError(f"handler is {self._state}")
-        engine = self._make_engine()
-        engine.start()
+        try:
+            if self.uffd.closed:  # its number may hold another file by now: never dup that
+                raise UffdClosedError(errno.EBADF, "userfaultfd", detail="closed before start()")
+            if self.engine_name != "process":  # the helper watches this process's fd itself
+                self._core.own_uffd(0, os.getpid())
+            engine = self._make_engine()
+            engine.start()
+        except BaseException:
+            self._state = "stopped"  # nothing runs: free the core and its duplicate now
+            self._close()
+            raise
         self._engine = engine
         self._state = "running"
         return self

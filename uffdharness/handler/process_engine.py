@@ -9,6 +9,10 @@ Forking a process with registered ranges raises UFFD_EVENT_FORK on a uffd that a
 it, and fork() sleeps until the event is read. While the helper is forked a C thread (the
 bridge) reads the uffd, closes the helper's own child uffd and keeps any other message for
 the helper, which takes them over before it reads the uffd itself.
+
+The helper's inherited copy of the uffd outlives the caller's close, so the helper watches
+the caller's fd number in the parent (kcmp(2), or the inode behind /proc/PPID/fd/N) and
+ends with UffdClosedError when it goes, releasing its ranges; its exit drops its copies.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class ProcessEngine(Engine):
         wake_r, wake_w = os.pipe()
         result_r, result_w = os.pipe()
         hello_r, hello_w = os.pipe()
+        parent = os.getpid()
         bridge = lib.uh_bridge_start(self.uffd_fd, 1)
         if bridge == ffi.NULL:
             for fd in (wake_r, wake_w, result_r, result_w, hello_r, hello_w):
@@ -84,7 +89,7 @@ class ProcessEngine(Engine):
             os.close(wake_w)
             os.close(result_r)
             os.close(hello_w)
-            self._helper(wake_r, result_w, hello_r)
+            self._helper(parent, wake_r, result_w, hello_r)
         self.pid = pid
         os.close(wake_r)
         os.close(result_w)
@@ -181,9 +186,14 @@ class ProcessEngine(Engine):
 
     # --- helper side -----------------------------------------------------------------------
 
-    def _helper(self, wake_r: int, result_w: int, hello_r: int) -> None:  # pragma: no cover
+    def _helper(
+        self, parent: int, wake_r: int, result_w: int, hello_r: int
+    ) -> None:  # pragma: no cover
         outcome: tuple = ("ok",)
         try:
+            # The uffd number inherited here stays open whatever the parent does: read a
+            # duplicate, and watch the parent's number so its close ends this helper too.
+            self.core.own_uffd(0, parent)
             try:
                 stash = _read_all(hello_r)
             finally:

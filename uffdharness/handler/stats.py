@@ -19,6 +19,7 @@ class ReleaseReason(IntEnum):
     STOP = lib.UH_RELEASE_STOP
     LEFT_BEHIND = lib.UH_RELEASE_LEFT_BEHIND
     FAILURE = lib.UH_RELEASE_FAILURE
+    CLOSED = lib.UH_RELEASE_CLOSED
 
 
 OP_NAMES = {
@@ -32,7 +33,19 @@ OP_NAMES = {
     lib.UH_OP_READ: "read(uffd)",
     lib.UH_OP_POLL: "poll(uffd)",
     lib.UH_OP_NO_ACTION: "policy (no action for this fault kind)",
+    lib.UH_OP_CLOSED: "userfaultfd closed",
+    lib.UH_OP_LOST: "handler's duplicate closed",
 }
+
+
+def closed_uffd(op: int, fd: int, uffd: int) -> str:
+    """Which fd of which served uffd a UH_OP_CLOSED/UH_OP_LOST failure names."""
+    if op == lib.UH_OP_LOST:
+        return f"the handler's duplicate of uffd {uffd} (fd {fd})"
+    if uffd:
+        return f"adopted child userfaultfd (fd {fd}, uffd {uffd})"
+    return f"userfaultfd (fd {fd})"
+
 
 _EVENT_NAMES = ("fork", "remap", "remove", "unmap", "unknown")
 
@@ -187,6 +200,8 @@ def describe_failure(err: int, op: int, addr: int, length: int, done: int) -> st
     if op == lib.UH_OP_NO_ACTION:
         kind = {0: "missing", 1: "wp", 2: "minor"}.get(length, str(length))
         return f"no action for a {kind} fault at {addr:#x}"
+    if op in (lib.UH_OP_CLOSED, lib.UH_OP_LOST):
+        return f"{closed_uffd(op, addr, length)} closed under the handler"
     if not err:
         return "policy raised"
     return f"{name} [{addr:#x}+{length:#x}]: {errno_name(err)}, {done} bytes done"
