@@ -60,6 +60,12 @@ static int64_t one_ioctl(int fd, int op, uint64_t dst, uint64_t src, uint64_t le
         result = rc == 0 ? (int64_t)len : 0;
         break;
     }
+    case UH_OP_RWP_UNPROTECT: {
+        struct uh_uffdio_rwprotect a = {.range = {dst, len}, .mode = mode};
+        rc = ioctl(fd, UH_UFFDIO_RWPROTECT, &a);
+        result = rc == 0 ? (int64_t)len : 0;
+        break;
+    }
     case UH_OP_WAKE: {
         struct uh_uffdio_range a = {dst, len};
         rc = ioctl(fd, UH_UFFDIO_WAKE, &a);
@@ -147,7 +153,7 @@ static int64_t resolve(struct uh_core *c, const struct uh_fault_info *f, int op,
             if (counts_pages) {
                 bump(&st->pages_resolved, (uint64_t)done / ps);
                 bump(&st->bytes_resolved, (uint64_t)done);
-                if (op != UH_OP_UNPROTECT)
+                if (op != UH_OP_UNPROTECT && op != UH_OP_RWP_UNPROTECT)
                     mark_present(s, dst + pos, (uint64_t)done, 1);
             }
             if (!fault_done && f->page < dst + pos + (uint64_t)done) {
@@ -245,7 +251,8 @@ int fault_info(struct uh_core *c, int ui, const struct uh_uffd_msg *m, uint64_t 
     struct uh_served *s = c->uffds[ui];
     struct uh_stats *st = c->stats;
     uint64_t flags = m->arg.pagefault.flags;
-    int kind = flags & UH_UFFD_PAGEFAULT_FLAG_WP      ? UH_KIND_WP
+    int kind = flags & UH_UFFD_PAGEFAULT_FLAG_RWP     ? UH_KIND_RWP
+               : flags & UH_UFFD_PAGEFAULT_FLAG_WP    ? UH_KIND_WP
                : flags & UH_UFFD_PAGEFAULT_FLAG_MINOR ? UH_KIND_MINOR
                                                       : UH_KIND_MISSING;
     int write = (flags & UH_UFFD_PAGEFAULT_FLAG_WRITE) != 0;
@@ -338,6 +345,8 @@ static int64_t resolve_run(struct uh_core *c, const struct uh_fault_info *f,
         return resolve(c, f, UH_OP_CONTINUE, page, 0, len, 0);
     case UH_ACT_UNPROTECT:
         return resolve(c, f, UH_OP_UNPROTECT, page, 0, len, 0);
+    case UH_ACT_RWP_UNPROTECT:
+        return resolve(c, f, UH_OP_RWP_UNPROTECT, page, 0, len, 0);
     case UH_ACT_MOVE:
         return resolve(c, f, UH_OP_MOVE, page, p->src + offset, len, 0);
     case UH_ACT_COPY:
@@ -398,7 +407,11 @@ int apply(struct uh_core *c, const struct uh_fault_info *f, int policy)
     if (policy < 0 || policy >= UH_MAX_POLICIES)
         return -EINVAL;
     const struct uh_policy *p = &c->policies[policy];
-    int act = f->kind == UH_KIND_WP ? p->wp : f->kind == UH_KIND_MINOR ? p->minor : p->missing;
+    int act = f->kind == UH_KIND_WP      ? p->wp
+              : f->kind == UH_KIND_MINOR ? p->minor
+              : f->kind == UH_KIND_RWP   ? p->rwp
+                                         : p->missing;
+    int unprotects = act == UH_ACT_UNPROTECT || act == UH_ACT_RWP_UNPROTECT;
     struct uh_served *s = c->uffds[f->uffd];
     if (act == UH_ACT_NONE) {
         return (int)failed(c, EINVAL, UH_OP_NO_ACTION, f->address, (uint64_t)f->kind, 0);
@@ -409,7 +422,7 @@ int apply(struct uh_core *c, const struct uh_fault_info *f, int policy)
     }
     if (p->delay_us)
         delay(c, p->delay_us);
-    if (act == UH_ACT_UNPROTECT && p->record_wp) {
+    if (unprotects && p->record_wp) {
         uint64_t i = __atomic_fetch_add(&c->stats->wplog_count, 1, RELAXED);
         if (i < UH_WPLOG_CAP)
             store(&c->stats->wplog[i], f->address);
@@ -420,7 +433,7 @@ int apply(struct uh_core *c, const struct uh_fault_info *f, int policy)
     uint64_t last = first + p->readahead; /* exclusive */
     if (last > r->len / ps)
         last = r->len / ps;
-    int skip_known = act != UH_ACT_UNPROTECT;
+    int skip_known = !unprotects;
 
     /* Runs of pages not known present; the faulting page always starts the first run. */
     uint64_t i = first;

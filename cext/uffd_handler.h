@@ -16,7 +16,7 @@
 
 #include "uffd_abi.h"
 
-/* Actions of struct uh_policy.missing / .wp / .minor */
+/* Actions of struct uh_policy.missing / .wp / .minor / .rwp */
 #define UH_ACT_NONE 0
 #define UH_ACT_COPY 1      /* UFFDIO_COPY from src at the fault's offset */
 #define UH_ACT_FILL 2      /* UFFDIO_COPY of pattern repeated from the range start */
@@ -26,6 +26,7 @@
 #define UH_ACT_UNPROTECT 6 /* UFFDIO_WRITEPROTECT mode 0 */
 #define UH_ACT_CONTINUE 7  /* UFFDIO_CONTINUE */
 #define UH_ACT_NEVER 8     /* leave the fault unresolved */
+#define UH_ACT_RWP_UNPROTECT 9 /* UFFDIO_RWPROTECT mode 0 (7.3): restore access and wake */
 
 /* Operations of uh_core_resolve */
 #define UH_OP_COPY 1
@@ -40,11 +41,14 @@
 #define UH_OP_NO_ACTION 10 /* the policy has no action for this fault kind */
 #define UH_OP_CLOSED 11    /* EBADF: the owner closed its number of uffd len (fd in addr) */
 #define UH_OP_LOST 12      /* EBADF: the core's own duplicate (fd in addr) was closed */
+#define UH_OP_RWP_UNPROTECT 13 /* UFFDIO_RWPROTECT without MODE_RWP */
 
 /* Fault kinds (struct uh_fault_info.kind, first index of uh_stats.faults) */
 #define UH_KIND_MISSING 0
 #define UH_KIND_WP 1
 #define UH_KIND_MINOR 2
+#define UH_KIND_RWP 3 /* UFFD_PAGEFAULT_FLAG_RWP (7.3): an access to a read-write-protected page */
+#define UH_FAULT_KINDS 4
 
 /* Why served ranges were released (uh_stats.released) */
 #define UH_RELEASE_NONE 0
@@ -68,9 +72,10 @@ struct uh_policy {
     uint32_t missing;
     uint32_t wp;
     uint32_t minor;
+    uint32_t rwp;
     uint32_t readahead; /* pages per fault, >= 1 */
     uint32_t delay_us;
-    uint32_t record_wp; /* log WP fault addresses before unprotecting */
+    uint32_t record_wp; /* log WP and RWP fault addresses before unprotecting */
     uint64_t src;       /* COPY: address in this process; MOVE: address in the uffd's mm */
     uint64_t src_len;   /* COPY: bytes past src_len read as zeros */
     const char *pattern;
@@ -116,7 +121,7 @@ struct uh_tid_rec {
 };
 
 struct uh_stats {
-    uint64_t faults[3][2]; /* [missing, wp, minor][read, write] */
+    uint64_t faults[UH_FAULT_KINDS][2]; /* [missing, wp, minor, rwp][read, write] */
     uint64_t events[UH_EVENT_KINDS];
     uint64_t pages_resolved;
     uint64_t bytes_resolved;

@@ -14,7 +14,7 @@ import pytest
 from test_cli_info import modules_after_building_the_parser, run_cli
 
 from uffdharness import cli
-from uffdharness.matrix import hosttools, kernels, merge, report
+from uffdharness.matrix import guest, hosttools, kernels, merge, report
 from uffdharness.matrix import runner as matrix_runner
 from uffdharness.matrix.cachedir import cache_root
 
@@ -303,3 +303,16 @@ def test_too_little_guest_memory_puts_qemus_reason_in_the_table():
     assert f"{spec}: (guest run) error: qemu exited 1: qemu: initrd is too large" in (
         table.getvalue()
     )
+
+
+def test_a_panic_before_the_job_boots_once_more_and_is_reported():
+    """A kernel that panics before the job starts is booted a second time (TCG boots have
+    panicked once in a while in text patching); a panic that repeats is the error, and both
+    panics are in the guest record."""
+    spec = _cached_spec("6.1")
+    image = next(i for i in kernels.cached_kernels() if spec.endswith(i.package_version or "-"))
+    config = guest.GuestConfig(extra_cmdline=("rdinit=/no-such-init", "root=/dev/none"))
+    result = guest.run_in_guest(image, ["true"], 60, config=config)
+    assert result.status == "error" and result.boot_s is None
+    assert len(result.boot_panics) == guest.BOOT_PANIC_RETRIES == 1
+    assert "Kernel panic" in result.boot_panics[0] and "Kernel panic" in result.detail

@@ -17,6 +17,7 @@ from .policy import (
     Never,
     Policy,
     Readahead,
+    RwpUnprotect,
     Unprotect,
     Zeropage,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Readahead",
     "ReleaseReason",
     "UffdClosedError",
+    "RwpUnprotect",
     "Unprotect",
     "Zeropage",
 ]

@@ -12,7 +12,7 @@ from .core import Core, fault_info
 from .policy import Builtin
 from .stats import ReleaseReason
 
-_KIND_NAMES = ("missing", "wp", "minor")
+_KIND_NAMES = ("missing", "wp", "minor", "rwp")
 
 
 class FaultContext:
@@ -42,7 +42,7 @@ class FaultContext:
 
     @property
     def kind(self) -> str:
-        """'missing', 'wp' or 'minor' (the register mode that raised it)."""
+        """'missing', 'wp', 'minor' or 'rwp' (the register mode that raised it)."""
         return _KIND_NAMES[self._info.kind]
 
     @property

@@ -162,7 +162,7 @@ def failure_error(err: int, op: int, addr: int, length: int, done: int) -> UffdE
         )
         return UffdClosedError(err, closed_uffd(op, addr, length), detail=detail)
     if op == lib.UH_OP_NO_ACTION:
-        kind = {0: "missing", 1: "wp", 2: "minor"}.get(length, str(length))
+        kind = {0: "missing", 1: "wp", 2: "minor", 3: "rwp"}.get(length, str(length))
         return UffdError(err, "policy", addr, detail=f"the policy has no action for {kind} faults")
     return UffdError(err, OP_NAMES.get(op, f"op {op}"), addr, length, done=done)
 

@@ -169,7 +169,7 @@ class Action:
         return self.name
 
 
-_KINDS = ("missing", "wp", "minor")
+_KINDS = ("missing", "wp", "minor", "rwp")
 
 
 class Builtin(Policy):
@@ -181,6 +181,7 @@ class Builtin(Policy):
         missing: Action | None = None,
         wp: Action | None = None,
         minor: Action | None = None,
+        rwp: Action | None = None,
         readahead: int = 1,
         delay_us: int = 0,
     ) -> None:
@@ -191,6 +192,7 @@ class Builtin(Policy):
         self.missing = missing
         self.wp = wp
         self.minor = minor
+        self.rwp = rwp
         self.readahead = readahead
         self.delay_us = delay_us
 
@@ -248,7 +250,7 @@ class Builtin(Policy):
                 config.pattern_len = len(action.pattern)
             if action.code == lib.UH_ACT_INDEXED:
                 config.seed = action.seed
-            if action.code == lib.UH_ACT_UNPROTECT:
+            if action.code in (lib.UH_ACT_UNPROTECT, lib.UH_ACT_RWP_UNPROTECT):
                 config.record_wp = int(action.record)
         return config
 
@@ -306,6 +308,21 @@ class Unprotect(Builtin):
         )
 
 
+class RwpUnprotect(Builtin):
+    """Read-write-protection faults (7.3): UFFDIO_RWPROTECT without MODE_RWP restores
+    access and wakes; ``record`` logs each faulting address first
+    (``HandlerStats.wp_addresses``, shared with Unprotect: a VMA has WP or RWP, never both)."""
+
+    def __init__(self, record: bool = False) -> None:
+        super().__init__(
+            rwp=Action(
+                lib.UH_ACT_RWP_UNPROTECT,
+                "rwp-unprotect+record" if record else "rwp-unprotect",
+                record=record,
+            )
+        )
+
+
 class Continue(Builtin):
     """Minor faults: UFFDIO_CONTINUE maps the page already in the page cache."""
 
@@ -318,7 +335,7 @@ class Never(Builtin):
 
     def __init__(self) -> None:
         never = Action(lib.UH_ACT_NEVER, "never")
-        super().__init__(missing=never, wp=never, minor=never)
+        super().__init__(missing=never, wp=never, minor=never, rwp=never)
 
 
 class Readahead(Builtin):

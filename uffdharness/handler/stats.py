@@ -60,6 +60,8 @@ class FaultCounts:
     wp_write: int = 0
     minor_read: int = 0
     minor_write: int = 0
+    rwp_read: int = 0  # read-write protection (7.3)
+    rwp_write: int = 0
 
     @property
     def missing(self) -> int:
@@ -74,8 +76,12 @@ class FaultCounts:
         return self.minor_read + self.minor_write
 
     @property
+    def rwp(self) -> int:
+        return self.rwp_read + self.rwp_write
+
+    @property
     def total(self) -> int:
-        return self.missing + self.wp + self.minor
+        return self.missing + self.wp + self.minor + self.rwp
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ class HandlerStats:
         """Snapshot a live ``struct uh_stats``. Counters are aligned 64-bit words written
         with atomic stores, so each value is whole; the snapshot as a set is not atomic."""
         f = stats.faults
-        faults = FaultCounts(f[0][0], f[0][1], f[1][0], f[1][1], f[2][0], f[2][1])
+        faults = FaultCounts(*(f[kind][write] for kind in range(4) for write in (0, 1)))
         events = {name: stats.events[i] for i, name in enumerate(_EVENT_NAMES)}
         errors = {
             (errno_name(code) if code else "unknown"): stats.errors[code]
@@ -198,7 +204,7 @@ class HandlerStats:
 def describe_failure(err: int, op: int, addr: int, length: int, done: int) -> str:
     name = OP_NAMES.get(op, f"op {op}")
     if op == lib.UH_OP_NO_ACTION:
-        kind = {0: "missing", 1: "wp", 2: "minor"}.get(length, str(length))
+        kind = {0: "missing", 1: "wp", 2: "minor", 3: "rwp"}.get(length, str(length))
         return f"no action for a {kind} fault at {addr:#x}"
     if op in (lib.UH_OP_CLOSED, lib.UH_OP_LOST):
         return f"{closed_uffd(op, addr, length)} closed under the handler"

@@ -135,6 +135,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
             ("rwp-async", ALL_KINDS),
             ("rwp-set-mode", ALL_KINDS),
             ("rwp-lifetime", ALL_KINDS),
+            ("rwp-handlers", ALL_KINDS),
             ("rwp-bad-inputs", ("anon", "hugetlb")),
             ("rwp-working-set", ("memfd", "hugetlb")),
         )

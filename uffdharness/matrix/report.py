@@ -279,6 +279,8 @@ def _timing(run: KernelRun) -> str:
             f"{guest['accel']}, boot {boot:.1f} s" if boot is not None else str(guest["accel"])
         )
         parts.append(f"total {guest.get('total_s') or 0:.1f} s")
+    for panic in guest.get("boot_panics", ()):
+        parts.append(f"booted again after a panic before the job: {panic}")
     counts = reports.counts(run.results)
     tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     expectations = (

@@ -358,6 +358,8 @@ def from_guest(
         "accel": outcome.accel,
         "detail": outcome.detail,
     }
+    if outcome.boot_panics:
+        guest["boot_panics"] = outcome.boot_panics
     run = KernelRun(spec, release, package_version, guest=guest)
     report, problem = _read_report(outcome)
     if report is not None:
