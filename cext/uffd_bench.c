@@ -45,7 +45,7 @@ int64_t uh_bench_touch(char *base, size_t npages, size_t page_size, int write, i
 }
 
 struct c_loop {
-    int uffd, efd, wp, cpu;
+    int uffd, efd, resolve, cpu;
     char *base;
     size_t page_size;
     const char *src;
@@ -81,9 +81,12 @@ static void *c_loop_main(void *arg)
                 continue;
             uint64_t page = msgs[i].arg.pagefault.address & ~(uint64_t)(l->page_size - 1);
             int rc;
-            if (l->wp) {
+            if (l->resolve == UH_BENCH_WP) {
                 struct uh_uffdio_writeprotect a = {.range = {page, l->page_size}, .mode = 0};
                 rc = ioctl(l->uffd, UH_UFFDIO_WRITEPROTECT, &a);
+            } else if (l->resolve == UH_BENCH_RWP) {
+                struct uh_uffdio_rwprotect a = {.range = {page, l->page_size}, .mode = 0};
+                rc = ioctl(l->uffd, UH_UFFDIO_RWPROTECT, &a);
             } else {
                 struct uh_uffdio_copy a = {
                     .dst = page,
@@ -106,10 +109,10 @@ static void *c_loop_main(void *arg)
 }
 
 int64_t uh_bench_c_loop(int uffd, char *base, size_t npages, size_t page_size,
-                        const char *src, int wp, int toucher_cpu, int handler_cpu,
+                        const char *src, int resolve, int toucher_cpu, int handler_cpu,
                         uint64_t *faults)
 {
-    struct c_loop l = {.uffd = uffd, .wp = wp, .cpu = handler_cpu, .base = base,
+    struct c_loop l = {.uffd = uffd, .resolve = resolve, .cpu = handler_cpu, .base = base,
                        .page_size = page_size, .src = src};
     l.efd = eventfd(0, EFD_CLOEXEC);
     if (l.efd < 0)
@@ -120,7 +123,8 @@ int64_t uh_bench_c_loop(int uffd, char *base, size_t npages, size_t page_size,
         close(l.efd);
         return -rc;
     }
-    int64_t elapsed = uh_bench_touch(base, npages, page_size, wp, toucher_cpu);
+    int64_t elapsed =
+        uh_bench_touch(base, npages, page_size, resolve != UH_BENCH_COPY, toucher_cpu);
     uint64_t one = 1;
     (void)!write(l.efd, &one, sizeof(one));
     pthread_join(handler, NULL);

@@ -10,12 +10,17 @@
  * cpu (-1: unpinned); returns the toucher's elapsed ns, or -errno. */
 int64_t uh_bench_touch(char *base, size_t npages, size_t page_size, int write, int cpu);
 
+/* How the reference loop resolves a fault (the toucher writes for WP and RWP). */
+#define UH_BENCH_COPY 0 /* UFFDIO_COPY of the page from src at the same offset */
+#define UH_BENCH_WP 1   /* UFFDIO_WRITEPROTECT mode 0 */
+#define UH_BENCH_RWP 2  /* UFFDIO_RWPROTECT mode 0 (7.3) */
+
 /* The reference loop: one handler pthread pinned to handler_cpu doing poll(uffd, eventfd)
- * + read(uffd_msg batch) + UFFDIO_COPY of the page from src at the same offset (or, with
- * wp, UFFDIO_WRITEPROTECT mode 0), and one toucher pthread pinned to toucher_cpu. Returns
- * the toucher's elapsed ns, or -errno; *faults gets the faults the handler resolved. */
+ * + read(uffd_msg batch) + one resolve per fault as `resolve` says, and one toucher
+ * pthread pinned to toucher_cpu. Returns the toucher's elapsed ns, or -errno; *faults gets
+ * the faults the handler resolved. */
 int64_t uh_bench_c_loop(int uffd, char *base, size_t npages, size_t page_size,
-                        const char *src, int wp, int toucher_cpu, int handler_cpu,
+                        const char *src, int resolve, int toucher_cpu, int handler_cpu,
                         uint64_t *faults);
 
 /* fork() a child that reads one byte of every page of its copy of the range, then writes

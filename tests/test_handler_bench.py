@@ -10,6 +10,7 @@ from test_handler_support import assert_indexed, no_leaks  # noqa: F401 - fixtur
 from uffdharness import _native, benchmark
 from uffdharness.abi import Feature, RegisterMode
 from uffdharness.cli import main
+from uffdharness.uffd import probe_api
 
 pytestmark = [pytest.mark.usefixtures("no_leaks"), pytest.mark.timeout(60)]
 
@@ -36,7 +37,7 @@ def test_c_loop(wp, uffd_factory, region_factory):
         32,
         region.page_size,
         ffi.cast("char *", source.addr),
-        int(wp),
+        lib.UH_BENCH_WP if wp else lib.UH_BENCH_COPY,
         -1,
         -1,
         faults,
@@ -72,3 +73,35 @@ def test_bench_command_json(capsys):
     engines = {f["engine"] for f in data["figures"] if f["workload"] == "anon-4K COPY"}
     assert engines == set(benchmark.ENGINES)
     assert data["notes"]
+
+
+def test_rwp_workload_skips_with_the_release_where_the_kernel_lacks_it():
+    if Feature.RWP in probe_api().features:
+        pytest.skip("this kernel has RWP: the workload runs (see the guest bench test)")
+    config = benchmark.BenchConfig(pages_4k=32, pages_2m=2, reps=1, workloads=("rwp",))
+    report = benchmark.run(config)
+    assert report.skipped == ["rwp: kernel lacks UFFD_FEATURE_RWP (added in 7.3)"]
+    assert not any(f.workload.startswith("RWP") for f in report.figures)
+
+
+def test_rwp_against_wp_pairs_each_repetition():
+    placement = benchmark.Placement("same-cpu", 0, 0)
+    report = benchmark.BenchReport(benchmark.BenchConfig(), [placement])
+    for title, samples in (
+        ("WP round trip anon-4K", [100.0, 200.0, 400.0]),
+        ("RWP round trip anon-4K", [110.0, 180.0, 480.0]),
+    ):
+        figure = benchmark.Figure(title, "native", "same-cpu", "faults/s")
+        figure.samples = samples
+        report.figures.append(figure)
+    # per-repetition ratios 1.1, 0.9, 1.2: median 1.1 (not the ratio of medians, 0.9)
+    assert benchmark._rwp_against_wp(report) == [
+        "RWP vs WP round trip, native same-cpu: 1.10x (180 vs 200 faults/s)"
+    ]
+
+
+def test_bench_refuses_unknown_workloads_before_running(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--workloads", "anon,bogus"])
+    assert stop.value.code == 2
+    assert "unknown workload(s) bogus" in capsys.readouterr().err

@@ -316,3 +316,28 @@ def test_a_panic_before_the_job_boots_once_more_and_is_reported():
     assert result.status == "error" and result.boot_s is None
     assert len(result.boot_panics) == guest.BOOT_PANIC_RETRIES == 1
     assert "Kernel panic" in result.boot_panics[0] and "Kernel panic" in result.detail
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_in_a_guest_and_prints_its_report(capsys):
+    """bench --kernel boots the kernel and prints the guest's own report (how RWP is
+    measured beside WP where the host lacks it)."""
+    spec = _cached_spec("6.1")
+    code = cli.main(
+        [
+            "bench",
+            "--kernel",
+            spec,
+            "--json",
+            "--reps",
+            "1",
+            "--pages",
+            "32",
+            "--workloads",
+            "wp,rwp",
+        ]
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert code == (1 if data["missed"] else 0)
+    assert {f["workload"] for f in data["figures"]} >= {"WP round trip anon-4K"}
+    assert data["skipped"] == ["rwp: kernel lacks UFFD_FEATURE_RWP (added in 7.3)"]

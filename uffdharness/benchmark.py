@@ -22,9 +22,9 @@ from typing import Any
 
 from . import syscalls as sc
 from ._native import ffi, lib
-from .abi import Feature, RegisterMode
-from .errors import UffdError
-from .handler import Copy, FaultHandler, Readahead, Unprotect
+from .abi import Feature, RegisterMode, missing_features_reason
+from .errors import FeatureUnavailable, UffdError
+from .handler import Copy, FaultHandler, Readahead, RwpUnprotect, Unprotect
 from .hugepages import HugepageError, HugepagePool
 from .memory import Region, allocate
 from .uffd import Userfaultfd
@@ -81,7 +81,7 @@ class BenchConfig:
     pages_4k: int = 4096
     pages_2m: int = 64
     reps: int = 7
-    workloads: tuple[str, ...] = ("anon", "shmem", "hugetlb", "wp")
+    workloads: tuple[str, ...] = ("anon", "shmem", "hugetlb", "wp", "rwp")
 
 
 @dataclass
@@ -128,8 +128,13 @@ class Workload:
     region: Region
     uffd: Userfaultfd
     source: Region | None
-    wp: bool
+    resolve: int  # lib.UH_BENCH_COPY / _WP / _RWP: how a fault is resolved
     reset: Callable[[], None]
+
+    @property
+    def writes(self) -> bool:
+        """WP and RWP round trips are measured with writes (a WP fault needs one)."""
+        return self.resolve != lib.UH_BENCH_COPY
 
     @property
     def pages(self) -> int:
@@ -151,7 +156,7 @@ def _copy_workload(
     def reset() -> None:
         region.madvise(drop_advice)
 
-    return Workload(name, title, region, uffd, source, False, reset)
+    return Workload(name, title, region, uffd, source, lib.UH_BENCH_COPY, reset)
 
 
 def _wp_workload(stack: ExitStack, pages: int) -> Workload:
@@ -164,7 +169,21 @@ def _wp_workload(stack: ExitStack, pages: int) -> Workload:
     def reset() -> None:
         uffd.writeprotect(region)
 
-    return Workload("wp", "WP round trip anon-4K", region, uffd, None, True, reset)
+    return Workload("wp", "WP round trip anon-4K", region, uffd, None, lib.UH_BENCH_WP, reset)
+
+
+def _rwp_workload(stack: ExitStack, pages: int) -> Workload:
+    """A write to a read-write-protected page and UFFDIO_RWPROTECT mode 0 (7.3)."""
+    region = stack.enter_context(allocate("anon", pages))
+    region.madvise(sc.MADV_DONTFORK)
+    region.fill_indexed(3)
+    uffd = stack.enter_context(Userfaultfd.open(Feature.RWP))
+    uffd.register(region, mode=RegisterMode.RWP)
+
+    def reset() -> None:
+        uffd.rwprotect(region)
+
+    return Workload("rwp", "RWP round trip anon-4K", region, uffd, None, lib.UH_BENCH_RWP, reset)
 
 
 def make_workloads(stack: ExitStack, config: BenchConfig, skipped: list[str]) -> list[Workload]:
@@ -206,6 +225,11 @@ def make_workloads(stack: ExitStack, config: BenchConfig, skipped: list[str]) ->
                 )
             elif name == "wp":
                 made.append(_wp_workload(stack, config.pages_4k))
+            elif name == "rwp":
+                made.append(_rwp_workload(stack, config.pages_4k))
+        except FeatureUnavailable as exc:
+            missing = Feature(sum(Feature[n] for n in exc.missing if n in Feature.__members__))
+            skipped.append(f"{name}: {missing_features_reason(missing)}")
         except UffdError as exc:
             skipped.append(f"{name}: {exc}")
     return made
@@ -238,7 +262,7 @@ def measure(
             region.pages,
             region.page_size,
             src,
-            int(workload.wp),
+            workload.resolve,
             placement.toucher_cpu,
             placement.handler_cpu,
             faults,
@@ -246,7 +270,10 @@ def measure(
         if elapsed < 0:
             raise OSError(-elapsed, f"C loop: {os.strerror(-elapsed)}")
         return elapsed / 1e9, faults[0], 0.0
-    policy = Unprotect() if workload.wp else Copy(workload.source)
+    policy = {
+        lib.UH_BENCH_WP: Unprotect(),
+        lib.UH_BENCH_RWP: RwpUnprotect(),
+    }.get(workload.resolve) or Copy(workload.source)
     if policy_readahead > 1:
         policy = Readahead(policy, policy_readahead)
     handler = FaultHandler(
@@ -259,7 +286,7 @@ def measure(
         release_on_stop=False,
     )
     with handler:
-        seconds = _touch(region, region.pages, workload.wp, placement.toucher_cpu)
+        seconds = _touch(region, region.pages, workload.writes, placement.toucher_cpu)
     stats = handler.stats
     return seconds, stats.faults.total, stats.latency.median_us
 
@@ -443,6 +470,7 @@ def notes(report: BenchReport) -> list[str]:
                     f"busy-poll vs poll() {placement.name} {figure.workload}: {gain:.2f}x, "
                     f"{verdict}"
                 )
+    found.extend(_rwp_against_wp(report))
     for figure in report.missed:
         found.append(
             f"MISSED: {figure.workload} {figure.engine} {figure.placement}: "
@@ -451,6 +479,26 @@ def notes(report: BenchReport) -> list[str]:
     if not report.missed:
         found.append("all targets met")
     return found
+
+
+def _rwp_against_wp(report: BenchReport) -> list[str]:
+    """The RWP round trip as a ratio to the WP round trip, per engine and placement: both
+    measured in this run, on this kernel (a guest's, where the host lacks RWP)."""
+    lines = []
+    for placement in report.placements:
+        for engine in ENGINES:
+            rwp = report.find("RWP round trip anon-4K", engine, placement.name)
+            wp = report.find("WP round trip anon-4K", engine, placement.name)
+            if not (rwp and wp and len(rwp.samples) == len(wp.samples) and wp.median):
+                continue
+            ratio = statistics.median(
+                mine / theirs for mine, theirs in zip(rwp.samples, wp.samples, strict=True)
+            )
+            lines.append(
+                f"RWP vs WP round trip, {engine} {placement.name}: {ratio:.2f}x "
+                f"({_rate(rwp.median)} vs {_rate(wp.median)} faults/s)"
+            )
+    return lines
 
 
 def _why(report: BenchReport, figure: Figure) -> str:

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from uffdharness.cli.arguments import MAX_GUEST_TIMEOUT_S, count, seconds
+
 if TYPE_CHECKING:
     from uffdharness.benchmark import BenchConfig
 
@@ -19,23 +21,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="measure fault-handling throughput of every engine against a plain C loop",
         description=(
-            "Faults per second for anon-4K, shmem-4K and hugetlb-2M COPY and a write-protect "
-            "round trip, for the native, thread and process engines beside a plain C loop, "
-            "with both threads pinned to one CPU and to two; readahead pages/s; ratios and "
-            "targets. Needs root for hugetlb (skipped with the reason otherwise)."
+            "Faults per second for anon-4K, shmem-4K and hugetlb-2M COPY and the write-protect "
+            "and read-write-protect (7.3) round trips, for the native, thread and process "
+            "engines beside a plain C loop, with both threads pinned to one CPU and to two; "
+            "readahead pages/s; ratios and targets. Needs root for hugetlb (skipped with the "
+            "reason otherwise). --kernel runs it in a guest, e.g. for RWP on a host without it."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quick", action="store_true", help="fewer pages and repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions (default 7, quick 3)")
-    parser.add_argument("--pages", type=int, help="4K pages per figure (default 4096)")
-    parser.add_argument("--huge-pages", type=int, help="2M pages per figure (default 64)")
+    parser.add_argument("--reps", type=count(1, 1000), help="repetitions (default 7, quick 3)")
+    parser.add_argument(
+        "--pages", type=count(1, 1 << 20), help="4K pages per figure (default 4096)"
+    )
+    parser.add_argument(
+        "--huge-pages", type=count(1, 4096), help="2M pages per figure (default 64)"
+    )
     parser.add_argument(
         "--workloads",
-        default="anon,shmem,hugetlb,wp",
-        help="comma-separated subset of anon,shmem,hugetlb,wp",
+        type=workloads,
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)}",
     )
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "--kernel",
+        metavar="SPEC",
+        help="run the benchmark in a qemu guest of this kernel (a matrix SPEC, e.g. "
+        "debian:7.3) and print its report",
+    )
+    parser.add_argument(
+        "--guest-timeout",
+        type=seconds(MAX_GUEST_TIMEOUT_S),
+        default=3600.0,
+        help="seconds before the guest counts as hung (3600)",
+    )
+    parser.set_defaults(handler=run, usage_error=parser.error)
+
+
+WORKLOADS = ("anon", "shmem", "hugetlb", "wp", "rwp")
+
+
+def workloads(text: str) -> str:
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(WORKLOADS)}"
+        )
+    return text
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -56,6 +90,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from uffdharness import benchmark
 
     out = out if out is not None else sys.stdout
+    if args.kernel:
+        return _run_in_guest(args, out)
     config = config_from_args(args)
 
     def progress(text: str) -> None:
@@ -69,3 +105,40 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         out.write(benchmark.render(report))
     return 1 if report.missed else 0
+
+
+def _run_in_guest(args: argparse.Namespace, out: TextIO) -> int:
+    """The same command in a guest of ``args.kernel``: its report, its exit status."""
+    from uffdharness.matrix.guestbench import bench_in_guest
+    from uffdharness.matrix.kernelspec import SpecError, parse
+    from uffdharness.matrix.runner import MatrixError, describe_error
+
+    try:
+        parse(args.kernel)
+    except SpecError as exc:
+        args.usage_error(str(exc))
+    forwarded = ["--workloads", args.workloads]
+    if args.json:
+        forwarded.append("--json")
+    if args.quick:
+        forwarded.append("--quick")
+    for option, value in (("--reps", args.reps), ("--pages", args.pages)):
+        if value:
+            forwarded += [option, str(value)]
+    if args.huge_pages:
+        forwarded += ["--huge-pages", str(args.huge_pages)]
+    try:
+        result = bench_in_guest(
+            args.kernel, forwarded, args.guest_timeout, lambda text: print(text, file=sys.stderr)
+        )
+    except (MatrixError, OSError) as exc:
+        sys.stderr.write(f"uffdharness bench: {args.kernel}: {describe_error(exc)}\n")
+        return 2
+    out.write(result.stdout)
+    if result.exit_code is None:
+        sys.stderr.write(
+            f"uffdharness bench: {args.kernel}: guest {result.status}: {result.detail}\n"
+        )
+        return 1
+    sys.stderr.write(result.stderr)
+    return result.exit_code
