@@ -341,3 +341,17 @@ def test_bench_runs_in_a_guest_and_prints_its_report(capsys):
     assert code == (1 if data["missed"] else 0)
     assert {f["workload"] for f in data["figures"]} >= {"WP round trip anon-4K"}
     assert data["skipped"] == ["rwp: kernel lacks UFFD_FEATURE_RWP (added in 7.3)"]
+
+
+@pytest.mark.timeout(600)
+def test_rwp_scenarios_pass_on_debian_7_3():
+    """Read-write protection (7.3) on every memory kind, in a guest of Debian's 7.3 (the
+    host lacks it); api-probe names 7.3's bits. .ci/run checks the same after downloading."""
+    spec = _cached_spec("7.3")
+    options = matrix_runner.MatrixOptions(pattern="rwp-*,api-probe", guest_timeout=600)
+    (run,) = matrix_runner.run_matrix([spec], options)
+    verdicts = {(r.id, r.memory): r.verdict for r in run.results}
+    assert {name: v for name, v in verdicts.items() if v != "pass"} == {
+        ("rwp-swap", "anon"): "skip"
+    }, [(r.name, r.reason) for r in run.results if r.verdict != "pass"]
+    assert not run.violations

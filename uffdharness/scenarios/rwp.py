@@ -527,7 +527,14 @@ def rwp_handlers(ctx: Context) -> Observation:
         with FaultHandler(uffd, RwpUnprotect(record=True), region, engine=engine) as handler:
             for write in (False, True):
                 uffd.rwprotect(region)
-                toucher = Background(region.touch, range(pages), write=write)
+                # Writes are plain stores (rewriting the same content), not touch(write=True):
+                # qemu's single-vCPU TCG emulates an atomic add as a load and then a store,
+                # so on a protected page it raises a read fault; real CPUs and MTTCG a write.
+                toucher = (
+                    Background(region.fill_indexed, SEED)
+                    if write
+                    else Background(region.touch, range(pages))
+                )
                 served.expect(
                     f"{'writes' if write else 'reads'}_finished",
                     toucher.finished(EVENT_TIMEOUT),
