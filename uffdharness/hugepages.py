@@ -12,6 +12,11 @@ Kernel semantics that shape this module (mm/hugetlb.c):
   one when its last user releases it. So the pool arithmetic here works on
   ``persistent = nr_hugepages - surplus_hugepages``, and restoring the old value while a
   mapping still exists is correct: those pages go away at unmap.
+
+A process killed by SIGKILL (or the OOM killer) cannot give its pages back. Every
+reservation is therefore written to a ledger beside the lock file (pid, the process's start
+time, page size, pages added); whoever takes the lock next gives back the shares of owners
+that no longer exist, so a killed run's pages return at the next run.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import contextlib
 import errno
 import fcntl
 import glob
+import itertools
+import json
 import os
 import re
 import signal
@@ -39,6 +46,7 @@ __all__ = [
     "free_pages",
     "nr_hugepages_path",
     "pool_frozen",
+    "reclaim_orphans",
     "sizes",
 ]
 
@@ -54,6 +62,7 @@ _SIZE_DIR_RE = re.compile(r"hugepages-(\d+)kB$")
 _DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
 
 _thread_lock = threading.Lock()
+_serials = itertools.count()
 _frozen_lock_fd: int | None = None  # pool_frozen()'s lock, held for a whole block
 
 
@@ -215,6 +224,73 @@ def _lock_path() -> str:
     return os.path.join(tempfile.gettempdir(), "uffdharness-hugepages.lock")
 
 
+def _ledger_path() -> str:
+    return _lock_path()[: -len(".lock")] + ".ledger"
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (/proc/PID/stat field 22), None if gone: with
+    the pid it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read_ledger() -> list[dict[str, int]]:
+    try:
+        with open(_ledger_path()) as ledger:
+            entries = json.load(ledger)
+    except (OSError, ValueError):
+        return []
+    keys = ("pid", "start", "serial", "size_kb", "added")
+    if not isinstance(entries, list):
+        return []
+    return [
+        e for e in entries if isinstance(e, dict) and all(isinstance(e.get(k), int) for k in keys)
+    ]
+
+
+def _write_ledger(entries: list[dict[str, int]]) -> None:
+    path = _ledger_path()
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(temporary, "w") as ledger:
+            json.dump(entries, ledger)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def _reclaim_orphans() -> list[dict[str, int]]:
+    """Give back what dead owners reserved; the ledger of the living. Caller holds the lock."""
+    living = []
+    for entry in _read_ledger():
+        if _start_time(entry["pid"]) == entry["start"]:
+            living.append(entry)
+            continue
+        try:
+            now = counts(entry["size_kb"]).persistent
+            _write_pool_size(nr_hugepages_path(entry["size_kb"]), max(now - entry["added"], 0))
+        except (HugepageError, OSError):
+            living.append(entry)  # try again next time
+    return living
+
+
+def reclaim_orphans() -> int:
+    """Give back the hugepages of reservations whose owner was killed; the pages returned."""
+    if os.geteuid() != 0:
+        return 0
+    with _signals_deferred(), _pool_lock():
+        before = _read_ledger()
+        living = _reclaim_orphans()
+        _write_ledger(living)
+    kept = {(e["pid"], e["start"]) for e in living}
+    return sum(e["added"] for e in before if (e["pid"], e["start"]) not in kept)
+
+
 def _open_lock() -> int | None:
     try:
         return os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -320,6 +396,7 @@ class HugepagePool:
         self.persistent_before: int | None = None
         self._added = 0
         self._owner_pid: int | None = None
+        self._entry: dict[str, int] | None = None  # this reservation's ledger entry
 
     def __repr__(self) -> str:
         state = "active" if self._owner_pid is not None else "idle"
@@ -334,6 +411,7 @@ class HugepagePool:
             raise RuntimeError(f"{self!r} is already entered")
         path = nr_hugepages_path(self.size_kb)
         with _signals_deferred(), _pool_lock():
+            ledger = _reclaim_orphans() if os.geteuid() == 0 else []
             before = counts(self.size_kb).persistent
             if self.count:
                 _write_pool_size(path, before + self.count)
@@ -350,6 +428,15 @@ class HugepagePool:
             self.persistent_before = before
             self._added = self.count
             self._owner_pid = os.getpid()
+            if self.count and os.geteuid() == 0:
+                self._entry = {
+                    "pid": os.getpid(),
+                    "start": _start_time(os.getpid()) or 0,
+                    "serial": next(_serials),  # two pools of one process stay apart
+                    "size_kb": self.size_kb,
+                    "added": self.count,
+                }
+                _write_ledger([*ledger, self._entry])
         return self
 
     def __exit__(
@@ -368,5 +455,8 @@ class HugepagePool:
             if self._added:
                 now = counts(self.size_kb).persistent
                 _write_pool_size(nr_hugepages_path(self.size_kb), max(now - self._added, 0))
+            if self._entry is not None:
+                _write_ledger([e for e in _read_ledger() if e != self._entry])
+                self._entry = None
             self._added = 0
             self._owner_pid = None
