@@ -22,4 +22,5 @@ time there; import the one you need.
 - runner: one guest per kernel running `uffdharness run`, the accelerator chosen with
   kvmprobe; expectations, report and merge judge and print the results.
 - hosttools: which host programs are missing, and the apt-get line that installs them.
+- kbuild/: kernels built from source (src:, debian-src: specs), cached and incremental.
 """

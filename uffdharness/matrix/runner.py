@@ -66,6 +66,7 @@ class KernelRun:
     guest: dict[str, Any] = field(default_factory=dict)  # status, boot_s, total_s, accel ...
     checked: int = 0  # expectations that applied
     violations: list[Violation] = field(default_factory=list)
+    build: dict[str, Any] = field(default_factory=dict)  # a kernel built from source: how
 
     @property
     def version(self) -> KernelVersion | None:
@@ -93,7 +94,8 @@ class KernelRun:
         if version is None:
             self.checked, self.violations = 0, []
         else:
-            self.checked, self.violations = check(version, self.results)
+            carried = self.kernel.get("carried_fixes") or ()
+            self.checked, self.violations = check(version, self.results, carried_fixes=carried)
 
 
 def exit_status(runs: Sequence[KernelRun]) -> int:
@@ -137,10 +139,12 @@ def precompile() -> None:
         pass  # a read-only installation: the guests compile, only slower
 
 
-def run_argv(options: MatrixOptions, python: str) -> list[str]:
+def run_argv(options: MatrixOptions, python: str, carried_fixes: Sequence[str] = ()) -> list[str]:
     """The guest's command. The shell expands $UFFDHARNESS_RESULTS, which differs between a
     guest (the results share) and the host (a temporary directory)."""
     command = [python, "-m", "uffdharness", "run", "--quiet", "--timeout", f"{options.timeout:g}"]
+    for fix in carried_fixes:
+        command += ["--carries-fix", fix]
     if options.pattern:
         command += ["-k", options.pattern]
     for kind in options.memory:
@@ -165,12 +169,17 @@ def check_specs(specs: Sequence[str]) -> list[str]:
 
 
 def require_tools(specs: Sequence[str]) -> None:
-    """MissingHostTools (with the apt-get line) when a spec needs qemu and it is absent.
+    """MissingHostTools (with the apt-get line) when a spec needs qemu, or a kernel built
+    from source the build tools, and they are absent.
 
     Kernels already in the cache need no fetch tools; resolve() asks for those itself.
     """
-    if any(parse(text).kind is not SpecKind.HOST for text in specs):
-        hosttools.require(hosttools.BOOT_TOOLS)
+    kinds = {parse(text).kind for text in specs}
+    needed = hosttools.BOOT_TOOLS if kinds - {SpecKind.HOST} else ()
+    if kinds & {SpecKind.SOURCE, SpecKind.DEBIAN_SOURCE}:
+        needed += hosttools.BUILD_TOOLS
+    if needed:
+        hosttools.require(needed)
 
 
 def run_matrix(
@@ -228,7 +237,10 @@ def run_kernel(
         if not image.is_host:
             config = replace(config, accel=kvmprobe.default_accel(image))
         outcome = run_in_guest(
-            image, run_argv(options, python), options.guest_timeout, config=config
+            image,
+            run_argv(options, python, image.carried_fixes),
+            options.guest_timeout,
+            config=config,
         )
     except hosttools.MissingHostTools as exc:
         say(f"{spec}: {exc}")
@@ -242,6 +254,7 @@ def run_kernel(
             release=image.release,
         )
     run = from_guest(spec, image.release, image.package_version, outcome)
+    run.build = image.build or {}
     say(f"{spec}: {describe(run, time.monotonic() - started)}")
     return run
 
