@@ -25,6 +25,7 @@ def kernel_json(info: SystemFacts) -> dict[str, Any]:
         "features": flag_names(info.offered),
         "root": info.is_root,
         "uffd_error": info.uffd_error or None,
+        "carried_fixes": sorted(info.carried_fixes),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from .hugepages import HugepageError, HugepagePool
 from .interrupts import Interrupted
 from .isolation import run_in_child
 from .kernelversion import KernelVersion
+from .kernelversion import parse as parse_version
 from .memory import MemoryKind
 from .scenarios.context import Context
 from .scenarios.model import BAD_VERDICTS, Observation, Scenario, Skip, Verdict
@@ -98,17 +99,28 @@ def select(
 
 
 def judge(
-    item: Scenario, kernel: KernelVersion, observation: Observation, memory: str = "anon"
+    item: Scenario,
+    kernel: KernelVersion,
+    observation: Observation,
+    memory: str = "anon",
+    carried_fixes: Collection[str] = (),
 ) -> tuple[Verdict, str]:
     """pass, or known-bug when a failing observation shows the scenario's known bug's
-    signature (its ``shows`` facts), else fail."""
+    signature (its ``shows`` facts) on a kernel without the fix, else fail.
+    ``carried_fixes``: upstream fix subjects the kernel declares it carries whatever its
+    version (a patched build); their bugs are failures there."""
     if observation.ok:
         return "pass", ""
     bug = item.known_bug
     if bug and bug.shown_by(observation.facts, memory):
-        if not bug.fixed_on(kernel):
+        if not bug.fixed_on(kernel, carried_fixes):
             return "known-bug", (
                 f"{bug.signature}; fixed in {bug.fixed_in} by '{bug.fix}', running {kernel}"
+            )
+        if bug.fix in carried_fixes and kernel < parse_version(bug.fixed_in):
+            return "fail", (
+                f"shows the bug fixed by '{bug.fix}' on {kernel}, which declares it carries "
+                f"that fix: {observation.reason}"
             )
         return "fail", (
             f"shows the bug fixed in {bug.fixed_in} ('{bug.fix}') on {kernel}: {observation.reason}"
@@ -171,7 +183,7 @@ def run_pair(
             duration_s=duration,
         )
     observation: Observation = outcome.value
-    verdict, reason = judge(item, info.kernel, observation, kind)
+    verdict, reason = judge(item, info.kernel, observation, kind, info.carried_fixes)
     return Result(item.id, kind, verdict, reason, observation.key, observation.facts, duration)
 
 

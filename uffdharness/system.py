@@ -120,6 +120,10 @@ class SystemFacts:
     uffd: UffdApiFacts
     open_modes: tuple[OpenMode, ...] = ()
     capabilities: frozenset[str] = frozenset()
+    # Upstream fixes the kernel carries beyond its version, as the user declares them
+    # (`uffdharness run --carries-fix`; the matrix passes a patched build's): not a fact
+    # the kernel can tell.
+    carried_fixes: frozenset[str] = frozenset()
 
     @property
     def offered(self) -> Feature:

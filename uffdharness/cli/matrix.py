@@ -43,7 +43,9 @@ __all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run
 SPEC_HELP = (
     "host (the running kernel, no qemu), debian:5.10 | debian:6.1 | debian:6.12 | "
     "debian:X.Y (newest Debian package of that series), debian:latest, debian:<package "
-    "version> (e.g. debian:6.1.192-2), or /path/to/bzImage[,modules=DIR] (vmlinux works too)"
+    "version> (e.g. debian:6.1.192-2), /path/to/bzImage[,modules=DIR] (vmlinux works too), "
+    "or a kernel to build: src:PATH or debian-src:X.Y, each with ,patch=FILE (repeatable) and "
+    ",config=FRAGMENT"
 )
 USAGE = (
     "%(prog)s --kernel SPEC [--kernel SPEC ...] [options]\n"

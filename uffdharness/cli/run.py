@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -54,6 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE")
     parser.add_argument("--ktap", action="store_true", help="print KTAP instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--carries-fix",
+        dest="carried_fixes",
+        action="append",
+        metavar="SUBJECT",
+        help="the running kernel carries this upstream fix (its subject, as a known bug "
+        "names it) whatever its version, e.g. a patched build: that bug is then judged as "
+        "fixed (repeatable; the matrix passes a patched kernel's)",
+    )
     parser.set_defaults(handler=run, usage_error=parser.error)
 
 
@@ -109,6 +119,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         sys.stderr.write(f"uffdharness run: no scenario matches -k {args.pattern!r}{memory}\n")
         return 2
     info = system.facts()
+    if args.carried_fixes:
+        info = dataclasses.replace(info, carried_fixes=frozenset(args.carried_fixes))
     progress = None if args.quiet else _progress_printer(sys.stderr)
     started = time.monotonic()
     interrupted: runner.RunInterrupted | None = None

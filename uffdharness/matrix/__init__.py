@@ -26,4 +26,5 @@ time there; import the one you need.
 - children: every process the matrix starts (qemu, apt-get, dpkg-deb, the host's run), so
   a stop request (the CLI's SIGINT/SIGTERM/SIGHUP handler) ends them all.
 - hosttools: which host programs are missing, and the apt-get line that installs them.
+- kbuild/: kernels built from source (src:, debian-src: specs), cached and incremental.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..kernelversion import parse as parse_version
 from ..memory import HUGETLB_NEVER_MERGES
 from ..runner import Result
 from ..scenarios.model import ALL_KINDS, HUGETLB_KINDS, SMALL_PAGE_KINDS, Scenario, Verdict
+from ..scenarios.vma_merge import UFFD_MERGE_FIX
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,12 @@ class Expectation:
     """``scenario`` (an id or a glob) on ``memory`` kinds must give ``verdict`` on kernels
     in [since, before). ``facts`` must equal the result's facts of the same names. A
     ``skip`` must also carry a reason naming a kernel version or feature newer than the
-    kernel (see ``reason_explained``)."""
+    kernel (see ``reason_explained``).
+
+    ``fixed_by``: the upstream fix whose release is this expectation's version boundary.
+    A kernel that declares it carries that fix (a patched build) counts as past the
+    boundary whatever its version: expectations for kernels ``before`` it do not apply
+    to it, those ``since`` it do."""
 
     scenario: str
     memory: tuple[str, ...]
@@ -41,13 +47,17 @@ class Expectation:
     since: str | None = None
     before: str | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
+    fixed_by: str | None = None
 
-    def applies(self, result: Result, version: KernelVersion) -> bool:
+    def applies(
+        self, result: Result, version: KernelVersion, carried_fixes: Collection[str] = ()
+    ) -> bool:
         if not fnmatch.fnmatchcase(result.id, self.scenario) or result.memory not in self.memory:
             return False
-        if self.since is not None and version < parse_version(self.since):
+        past_fix = self.fixed_by is not None and self.fixed_by in carried_fixes
+        if self.since is not None and version < parse_version(self.since) and not past_fix:
             return False
-        return self.before is None or version < parse_version(self.before)
+        return self.before is None or (version < parse_version(self.before) and not past_fix)
 
     @property
     def kernels(self) -> str:
@@ -56,6 +66,12 @@ class Expectation:
         if self.since:
             return f"kernel >= {self.since}"
         return f"kernel < {self.before}" if self.before else "every kernel"
+
+    def kernels_for(self, carried_fixes: Collection[str] = ()) -> str:
+        """``kernels``, saying so when it applies because the kernel carries the fix."""
+        if self.fixed_by is not None and self.fixed_by in carried_fixes:
+            return f"{self.kernels} or a kernel carrying '{self.fixed_by}'"
+        return self.kernels
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         before="6.4",
         facts={"vmas_after_unregister": 3},
         why=f"buggy before {_UFFD_MERGE}: 0-4 uffd, 5-9, 10-19",
+        fixed_by=UFFD_MERGE_FIX.fix,
     ),
     Expectation(
         "unregister-merge",
@@ -107,6 +124,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         since="6.4",
         facts={"vmas_after_unregister": 2},
         why=f"fixed by {_UFFD_MERGE}: 0-4 uffd, 5-19",
+        fixed_by=UFFD_MERGE_FIX.fix,
     ),
     Expectation(
         "unregister-merge",
@@ -180,14 +198,16 @@ def check(
     version: KernelVersion,
     results: Sequence[Result],
     expectations: Sequence[Expectation] | None = None,
+    carried_fixes: Collection[str] = (),
 ) -> tuple[int, list[Violation]]:
-    """(number of expectations that applied, violations) for one kernel's results."""
+    """(number of expectations that applied, violations) for one kernel's results;
+    ``carried_fixes``: the upstream fixes the kernel declares it carries."""
     expectations = all_expectations() if expectations is None else expectations
     applied = 0
     violations: list[Violation] = []
     for result in results:
         for expected in expectations:
-            if not expected.applies(result, version):
+            if not expected.applies(result, version, carried_fixes):
                 continue
             applied += 1
             problem = _mismatch(expected, result, version)
@@ -198,7 +218,7 @@ def check(
                         result.memory,
                         _describe(expected.verdict, expected.facts, expected.facts),
                         problem,
-                        f"{expected.why}; applies to {expected.kernels}",
+                        f"{expected.why}; applies to {expected.kernels_for(carried_fixes)}",
                     )
                 )
     return applied, violations

@@ -18,8 +18,9 @@ PT_INTERP = 3
 class HostTool:
     command: str
     package: str  # the Debian package that ships it
-    needed_for: str  # "boot" (run a guest) or "fetch" (download Debian kernels)
+    needed_for: str  # "boot" (run a guest), "fetch" (download Debian kernels), "build"
     must_be_static: bool = False
+    header: str | None = None  # a library: the header its -dev package installs
 
 
 BOOT_TOOLS = (
@@ -35,6 +36,24 @@ FETCH_TOOLS = (
     HostTool("modinfo", "kmod", "fetch"),
 )
 ALL_TOOLS = BOOT_TOOLS + FETCH_TOOLS
+# Building a kernel (src:, debian-src: specs): kbuild's own host programs (fixdep, conf,
+# objtool) need flex, bison and libelf; certs/ needs libssl. debian-src needs FETCH_TOOLS
+# as well, and xz for the tarball inside the package.
+BUILD_TOOLS = (
+    HostTool("gcc", "gcc", "build"),
+    HostTool("make", "make", "build"),
+    HostTool("ld", "binutils", "build"),
+    HostTool("flex", "flex", "build"),
+    HostTool("bison", "bison", "build"),
+    HostTool("bc", "bc", "build"),
+    HostTool("perl", "perl", "build"),
+    HostTool("cpio", "cpio", "build"),
+    HostTool("patch", "patch", "build"),
+    HostTool("xz", "xz-utils", "build"),
+    HostTool("gelf.h", "libelf-dev", "build", header="gelf.h"),
+    HostTool("openssl/ssl.h", "libssl-dev", "build", header="openssl/ssl.h"),
+)
+HEADER_DIRS = ("/usr/include", "/usr/include/x86_64-linux-gnu", "/usr/local/include")
 
 # busybox-static installs /bin/busybox; the dynamic `busybox` package installs the same path,
 # so the static check is what tells the two apart.
@@ -98,13 +117,21 @@ def find_busybox(candidates: Iterable[str] = BUSYBOX_CANDIDATES) -> Path | None:
     return None
 
 
+def has_header(header: str, directories: Iterable[str] = HEADER_DIRS) -> bool:
+    return any((Path(directory) / header).is_file() for directory in directories)
+
+
 def check(
     tools: Iterable[HostTool] = ALL_TOOLS,
     which: Callable[[str], str | None] = shutil.which,
+    header_dirs: Iterable[str] = HEADER_DIRS,
 ) -> list[ToolProblem]:
     problems = []
     for tool in tools:
-        if tool.must_be_static:
+        if tool.header:
+            if not has_header(tool.header, header_dirs):
+                problems.append(ToolProblem(tool, "header not found"))
+        elif tool.must_be_static:
             if find_busybox() is None:
                 found = which(tool.command)
                 reason = f"dynamically linked: {found}" if found else "not found"

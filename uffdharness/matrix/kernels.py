@@ -5,6 +5,7 @@ Cache layout under cachedir.cache_root():
     debian/<release>_<version>/  root/ (dpkg-deb -x of the packages, depmod run),
                                  vmlinux (when worth having), kernel.json (metadata)
     local/<sha256 prefix>/       artefacts for a kernel given by path
+    sources/, kbuild/, built/    kernels built from source (src:, debian-src:; kbuild.build)
     locks/                       flock files, one per cache entry
 A complete entry is one with a readable kernel.json naming files that exist; everything
 else (a download cut short, a truncated .deb, a damaged kernel.json) is removed and rebuilt
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from debian.debian_support import Version
 
@@ -50,6 +52,10 @@ class KernelImage:
     modules_dir: Path | None  # .../lib/modules/<release> with modules.dep
     package_version: str | None  # Debian package version
     cache_dir: Path | None  # where per-kernel artefacts (initramfs) are kept
+    # Upstream fixes a patched kernel declares it carries (kbuild.patches): judged as fixed
+    # whatever its version.
+    carried_fixes: tuple[str, ...] = ()
+    build: dict[str, Any] | None = None  # how a kernel built from source was made
 
     @property
     def is_host(self) -> bool:
@@ -83,6 +89,10 @@ def resolve(
         )
     if spec.kind is SpecKind.PATH:
         return _local_kernel(spec, cache)
+    if spec.kind in (SpecKind.SOURCE, SpecKind.DEBIAN_SOURCE):
+        from .kbuild.resolve import built_kernel
+
+        return built_kernel(spec, cache, max_list_age_s, log)  # type: ignore[arg-type]
     return _debian_kernel(spec, cache, max_list_age_s, log)
 
 

@@ -9,6 +9,8 @@ debian:linux-image-6.1.0-56-amd64
                              that exact binary package (newest version of it)
 /path/to/bzImage[,modules=/path/to/lib/modules/RELEASE]
                              a kernel you built; vmlinux (ELF) works too
+src:PATH | debian-src:X.Y [,patch=FILE]... [,config=FRAGMENT]...
+                             a kernel built from source (kbuild.specs)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class SpecKind(str, Enum):
     DEBIAN_VERSION = "debian-version"
     DEBIAN_PACKAGE = "debian-package"
     PATH = "path"
+    SOURCE = "source"  # src:PATH, built (kbuild)
+    DEBIAN_SOURCE = "debian-source"  # debian-src:X.Y, downloaded and built (kbuild)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,10 @@ def parse(text: str) -> KernelSpec:
     given, text = text, text.strip()
     if text == "host":
         return KernelSpec(text, SpecKind.HOST)
+    if text.startswith(("src:", "debian-src:")):
+        from .kbuild import specs
+
+        return specs.parse(text)
     if text.startswith("debian:"):
         return _parse_debian(text, text[len("debian:") :])
     # a path is told by its kernel part alone: "host,modules=/x" is not a path
@@ -63,7 +71,8 @@ def parse(text: str) -> KernelSpec:
         return _parse_path(text)
     raise SpecError(
         f"unknown kernel spec {given!r}: expected host, debian:X.Y, debian:latest, "
-        "debian:<package version>, debian:linux-image-<release> or a path to a kernel image"
+        "debian:<package version>, debian:linux-image-<release>, a path to a kernel image, "
+        "src:PATH or debian-src:X.Y"
     )
 
 

@@ -53,6 +53,7 @@ def kernel_json(run: KernelRun) -> dict[str, Any]:
         or {"counts": reports.counts(run.results), "total": len(run.results)},
         "results": [result.to_json() for result in run.results],
         "guest": run.guest,
+        **({"build": run.build} if run.build else {}),
         "expectations": {
             "checked": run.checked,
             "violations": [v.to_json() for v in run.violations],
@@ -119,6 +120,7 @@ def runs_from_json(document: Any) -> list[KernelRun]:
                 summary=_object(section, "summary", where),
                 results=reportschema.results(section.get("results", []), f"{where}.results"),
                 guest=_object(section, "guest", where),
+                build=_object(section, "build", where),
             )
         )
         if not isinstance(runs[-1].release, str):
@@ -248,6 +250,8 @@ def print_table(runs: Sequence[KernelRun], out: TextIO, wall_s: float | None = N
     width = max(len(heading) for heading in headings) if runs else 0
     for heading, run in zip(headings, runs, strict=True):
         out.write(f"{heading:<{width}}  {run.release or '?'}  {_timing(run)}\n")
+        if run.build:
+            out.write(f"{'':<{width}}  {built_from(run.build)}\n")
     _print_attention(runs, out)
     summary = summary_json(runs)
     tally = ", ".join(f"{n} {v}" for v, n in summary["counts"].items() if n)
@@ -266,6 +270,21 @@ def _row_label(scenario: str, memory: str) -> str:
 def _line(label: str, cells: Iterable[str], first: int, widths: Sequence[int]) -> str:
     body = "  ".join(f"{text:<{width}}" for text, width in zip(cells, widths, strict=True))
     return f"{label:<{first}}  {body}".rstrip() + "\n"
+
+
+def built_from(build: dict[str, Any]) -> str:
+    """How a kernel built from source was made, for the line under its timing."""
+    text = f"self-built from {build.get('source', '?')}"
+    patches = build.get("patches") or []
+    if patches:
+        text += " + " + ", ".join(Path(p).name for p in patches)
+    config = build.get("config") or []
+    if config:
+        text += "; config " + ", ".join(Path(c).name for c in config)
+    fixes = build.get("carries_fixes") or []
+    if fixes:
+        text += "; carries " + ", ".join(f"'{fix}'" for fix in fixes)
+    return text
 
 
 def _timing(run: KernelRun) -> str:

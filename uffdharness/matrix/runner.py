@@ -99,6 +99,7 @@ class KernelRun:
     guest: dict[str, Any] = field(default_factory=dict)  # status, boot_s, total_s, accel ...
     checked: int = 0  # expectations that applied
     violations: list[Violation] = field(default_factory=list)
+    build: dict[str, Any] = field(default_factory=dict)  # a kernel built from source: how
 
     @property
     def version(self) -> KernelVersion | None:
@@ -130,7 +131,8 @@ class KernelRun:
         if version is None:
             self.checked, self.violations = 0, []
         else:
-            self.checked, self.violations = check(version, self.results)
+            carried = self.kernel.get("carried_fixes") or ()
+            self.checked, self.violations = check(version, self.results, carried_fixes=carried)
 
 
 def exit_status(runs: Sequence[KernelRun]) -> int:
@@ -174,10 +176,12 @@ def precompile() -> None:
         pass  # a read-only installation: the guests compile, only slower
 
 
-def run_argv(options: MatrixOptions, python: str) -> list[str]:
+def run_argv(options: MatrixOptions, python: str, carried_fixes: Sequence[str] = ()) -> list[str]:
     """The guest's command. The shell expands $UFFDHARNESS_RESULTS, which differs between a
     guest (the results share) and the host (a temporary directory)."""
     command = [python, "-m", "uffdharness", "run", "--quiet", "--timeout", f"{options.timeout:g}"]
+    for fix in carried_fixes:
+        command += ["--carries-fix", fix]
     if options.pattern:
         command += ["-k", options.pattern]
     for kind in options.memory:
@@ -211,12 +215,17 @@ def selects_anything(pattern: str | None, memory: Sequence[str] | None) -> bool:
 
 
 def require_tools(specs: Sequence[str]) -> None:
-    """MissingHostTools (with the apt-get line) when a spec needs qemu and it is absent.
+    """MissingHostTools (with the apt-get line) when a spec needs qemu, or a kernel built
+    from source the build tools, and they are absent.
 
     Kernels already in the cache need no fetch tools; resolve() asks for those itself.
     """
-    if any(parse(text).kind is not SpecKind.HOST for text in specs):
-        hosttools.require(hosttools.BOOT_TOOLS)
+    kinds = {parse(text).kind for text in specs}
+    needed = hosttools.BOOT_TOOLS if kinds - {SpecKind.HOST} else ()
+    if kinds & {SpecKind.SOURCE, SpecKind.DEBIAN_SOURCE}:
+        needed += hosttools.BUILD_TOOLS
+    if needed:
+        hosttools.require(needed)
 
 
 def run_matrix(
@@ -305,7 +314,10 @@ def _run_kernel(
                 )
             )
         outcome = run_in_guest(
-            image, run_argv(options, python), options.guest_timeout, config=config
+            image,
+            run_argv(options, python, image.carried_fixes),
+            options.guest_timeout,
+            config=config,
         )
     except Stopped:
         raise
@@ -314,7 +326,9 @@ def _run_kernel(
         if isinstance(exc, hosttools.MissingHostTools):
             return unfinished_run(spec, RUN_FAILED, str(exc), image.release, named=False)
         return unfinished_run(spec, RUN_FAILED, describe_error(exc), image.release)
-    return from_guest(spec, image.release, image.package_version, outcome)
+    run = from_guest(spec, image.release, image.package_version, outcome)
+    run.build = image.build or {}
+    return run
 
 
 def describe_error(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ are judged against this process's ``Privileges``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -126,8 +126,10 @@ class KnownBug:
             for alternative in self.shows
         )
 
-    def fixed_on(self, kernel: KernelVersion) -> bool:
-        if kernel >= parse_version(self.fixed_in):
+    def fixed_on(self, kernel: KernelVersion, carried_fixes: Collection[str] = ()) -> bool:
+        """Whether ``kernel`` has the fix: by version, by a stable backport, or because it
+        declares it carries the fix (a patched build, ``--carries-fix``)."""
+        if self.fix in carried_fixes or kernel >= parse_version(self.fixed_in):
             return True
         for release in self.backports:
             backport = parse_version(release)
