@@ -44,6 +44,12 @@ def test_expectations_of_a_patched_6_1_are_those_of_a_fixed_kernel():
     # unpatched, 6.1 must show the bug: the fixed results are 3 violations
     assert len(check(V61, fixed)[1]) == 3
     assert check(V61, fixed, carried_fixes=[FIX]) == (4, [])
+    registered = [
+        Result("register-merge", kind, "pass", "", "", {"vmas_after_second_register": 2})
+        for kind in ("anon", "shmem", "memfd")
+    ]
+    assert len(check(V61, registered)[1]) == 3
+    assert check(V61, registered, carried_fixes=[FIX]) == (3, [])
     # and a patched kernel still showing the bug breaks the fixed kernels' expectation
     buggy = [merge_row("anon", "known-bug", 3)]
     _, (violation,) = check(V61, buggy, carried_fixes=[FIX])

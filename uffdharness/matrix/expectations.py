@@ -133,6 +133,33 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         facts={"vmas_after_unregister": 3},
         why=HUGETLB_NEVER_MERGES,
     ),
+    # mmap 20 pages, register 10-19, then 5-9. Observed: 3 VMAs on Debian 5.10 and 6.1,
+    # 2 on 6.12 and 7.3 (and on 6.1 with the fix backported).
+    Expectation(
+        "register-merge",
+        SMALL_PAGE_KINDS,
+        "known-bug",
+        before="6.4",
+        facts={"vmas_after_second_register": 3},
+        why=f"buggy before {_UFFD_MERGE}: 0-4, 5-9 uffd, 10-19 uffd",
+        fixed_by=UFFD_MERGE_FIX.fix,
+    ),
+    Expectation(
+        "register-merge",
+        SMALL_PAGE_KINDS,
+        "pass",
+        since="6.4",
+        facts={"vmas_after_second_register": 2},
+        why=f"fixed by {_UFFD_MERGE}: 0-4, 5-19 uffd",
+        fixed_by=UFFD_MERGE_FIX.fix,
+    ),
+    Expectation(
+        "register-merge",
+        HUGETLB_KINDS,
+        "pass",
+        facts={"vmas_after_second_register": 3},
+        why=HUGETLB_NEVER_MERGES,
+    ),
     Expectation(
         "api-probe",
         ("anon",),

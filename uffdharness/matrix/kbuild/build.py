@@ -72,7 +72,7 @@ class BuildRequest:
     source: SourceTree
     patches: tuple[patches.Patch, ...] = ()
     extra_config: Mapping[str, str] = field(default_factory=dict)
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    jobs: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # $(nproc)
 
     def fragment_text(self) -> str:
         """What is appended to tinyconfig's .config: the catalogue's fragment, then the
