@@ -22,7 +22,7 @@ from ..abi import (
 from ..errors import UffdError
 from ..kernelversion import KernelVersion
 from ..uffd import Userfaultfd
-from .checks import Checks, errno_of
+from .checks import Checks, expect_errnos
 from .context import Context
 from .model import Observation, missing_features
 from .registry import scenario
@@ -189,9 +189,7 @@ def bad_inputs(ctx: Context) -> Observation:
             lambda: uffd.move(region.addr + 2 * page, hole, page),
             "ENOENT",
         )
-    errnos = Checks()
-    for name, (call, wanted) in cases.items():
-        errnos.expect(name, errno_of(call), wanted)
+    errnos = expect_errnos(cases)
     check = Checks()
     check.nest("errno", errnos)
     check.fact(

@@ -11,7 +11,7 @@ Observation lists exactly those, never a dump of every fact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import UffdError
@@ -81,3 +81,11 @@ def errno_of(call: Any, *args: Any, **kwargs: Any) -> str:
     except UffdError as exc:
         return exc.errno_name
     return "ok"
+
+
+def expect_errnos(cases: Mapping[str, tuple[Callable[[], Any], str]]) -> Checks:
+    """One expectation per case: ``name: (call, errno name it must give)``."""
+    errnos = Checks()
+    for name, (call, wanted) in cases.items():
+        errnos.expect(name, errno_of(call), wanted)
+    return errnos

@@ -21,7 +21,7 @@ from ..handler import ENGINES, FaultHandler, RwpUnprotect
 from ..memory import Region
 from ..pagemap import Pagemap, read_entries
 from ..uffd import Userfaultfd
-from .checks import Checks, errno_of
+from .checks import Checks, errno_of, expect_errnos
 from .context import Background, Context, next_event
 from .model import ALL_KINDS, Observation, Skip
 from .registry import scenario
@@ -421,9 +421,7 @@ def rwp_bad_inputs(ctx: Context) -> Observation:
         lambda: plain.register(unregistered, mode=RegisterMode.RWP),
         "EINVAL",
     )
-    errnos = Checks()
-    for name, (call, wanted) in cases.items():
-        errnos.expect(name, errno_of(call), wanted)
+    errnos = expect_errnos(cases)
     check = Checks()
     check.nest("errno", errnos)
     wrong = len(errnos.problems)
