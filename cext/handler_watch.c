@@ -107,11 +107,17 @@ static int verify(struct uh_core *c)
         struct uh_served *s = c->uffds[i];
         if (s->fd < 0 || !s->owned || !s->ino)
             continue;
-        if (!still_ours(s)) {
+        /* Ours is checked again after a mismatch: our duplicate closed (and its number
+         * reused) between the two checks would otherwise read as the owner's close. */
+        int lost = !still_ours(s);
+        int closed = !lost && s->seen_fd >= 0 && !same_file(s->seen_pid, s->seen_fd, s->fd);
+        if (closed && !still_ours(s))
+            lost = 1;
+        if (lost) {
             fail(c, EBADF, UH_OP_LOST, (uint64_t)s->fd, (uint64_t)i, 0);
             s->fd = s->seen_fd = -1; /* whatever is there now is not ours to close */
             rc = -EBADF;
-        } else if (s->seen_fd >= 0 && !same_file(s->seen_pid, s->seen_fd, s->fd)) {
+        } else if (closed) {
             fail(c, EBADF, UH_OP_CLOSED, (uint64_t)s->seen_fd, (uint64_t)i, 0);
             s->seen_fd = -1;
             s->orphaned = 1;

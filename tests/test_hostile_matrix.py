@@ -213,6 +213,10 @@ def test_a_truncated_package_is_one_line_naming_it_and_leaves_no_half_entry(
 def test_a_truncated_package_in_the_cli_is_an_error_row_not_a_traceback(
     good_deb, tmp_path, monkeypatch, capsys
 ):
+    try:
+        matrix_runner.guest_python()  # the command refuses (exit 2) a python guests cannot see
+    except matrix_runner.MatrixError as exc:
+        pytest.skip(str(exc))
     monkeypatch.setenv("UFFDHARNESS_KERNEL_CACHE", str(tmp_path / "cache"))
     _archive(tmp_path, truncated(good_deb, tmp_path / "bad"), monkeypatch)
     monkeypatch.setattr(matrix_runner, "precompile", lambda: None)
