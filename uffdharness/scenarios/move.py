@@ -95,6 +95,14 @@ def _errors(ctx: Context, uffd: Userfaultfd, dst: Region) -> dict[str, Any]:
     # dst page 0 was populated by the bulk move
     facts["onto_populated_dst"] = _attempt(lambda: uffd.move(dst.addr, src.addr, PAGE_SIZE))
     facts["src_kept_after_eexist"] = _pagemap(src.addr, 1)[0]["present"]
+    # validate_move_areas(): the dst VMA must be registered with the uffd the ioctl is
+    # issued on, else EINVAL (not ENOENT: the VMA exists).
+    plain = ctx.region(1)
+    facts["into_unregistered_dst"] = _attempt(lambda: uffd.move(plain.addr, src.addr, PAGE_SIZE))
+    other = ctx.region(1)
+    ctx.uffd(ctx.mode_features(RegisterMode.MISSING)).register(other, mode=RegisterMode.MISSING)
+    facts["into_other_uffds_dst"] = _attempt(lambda: uffd.move(other.addr, src.addr, PAGE_SIZE))
+    facts["src_kept_after_einval"] = _pagemap(src.addr, 1)[0]["present"]
     hole_dst = dst.page_addr(PAGES + 2)
     facts["from_src_hole"] = _attempt(lambda: uffd.move(hole_dst, src.addr + PAGE_SIZE, PAGE_SIZE))
     facts["dst_still_empty_after_enoent"] = not _pagemap(hole_dst, 1)[0]["present"]
@@ -175,7 +183,8 @@ def _thp_moves(uffd: Userfaultfd, rooms: ExitStack, mode: str) -> dict[str, Any]
     title="UFFDIO_MOVE",
     checks="UFFDIO_MOVE (6.8) remaps anonymous pages into a registered range: a bulk move "
     "keeps the data and frames and leaves the source empty, a missing fault can be "
-    "resolved by a move, a populated dst gives EEXIST, a source hole ENOENT unless "
+    "resolved by a move, a populated dst gives EEXIST, a dst not registered with this uffd "
+    "EINVAL, a source hole ENOENT unless "
     "ALLOW_SRC_HOLES, a populated page part way stops the move with EAGAIN and the count",
     memory=("anon",),
     modes=RegisterMode.MISSING,
@@ -224,6 +233,9 @@ def move(ctx: Context) -> Observation:
         {
             "onto_populated_dst": {"result": "EEXIST", "bytes": 0},
             "src_kept_after_eexist": True,
+            "into_unregistered_dst": {"result": "EINVAL", "bytes": 0},
+            "into_other_uffds_dst": {"result": "EINVAL", "bytes": 0},
+            "src_kept_after_einval": True,
             "from_src_hole": {"result": "ENOENT", "bytes": 0},
             "dst_still_empty_after_enoent": True,
             "allow_src_holes": {"result": "ok", "bytes": 4 * page},
