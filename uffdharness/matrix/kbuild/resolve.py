@@ -65,7 +65,7 @@ def built_kernel(spec: SourceSpec, cache: Path, max_list_age_s: float, log: Log)
         source = local_source(spec.tree)
     request = BuildRequest(source, spec.patches, spec.extra_config)
     try:
-        built = build(request, cache, log, what=spec.text)
+        built = build(request, cache, log, what="build")  # the matrix prefixes the spec
     except BuildError as exc:
         raise KernelBuildError(f"{spec.text}: {exc}") from exc
     meta = dict(built.meta, entry=str(built.entry))
