@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from uffdharness import __version__, interrupts
 
-from . import bench, info, kconfig, matrix, mutations, run
+from . import bench, bisect, info, kconfig, matrix, mutations, run
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -26,6 +26,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     bench.add_parser,
     kconfig.add_parser,
     mutations.add_parser,
+    bisect.add_parser,
 ]
 
 

@@ -38,7 +38,14 @@ from .run import add_selection_arguments
 
 MAX_JOBS = 64
 
-__all__ = ["MERGE_DESCRIPTION", "add_merge_arguments", "add_parser", "run", "run_merge"]
+__all__ = [
+    "MERGE_DESCRIPTION",
+    "add_merge_arguments",
+    "add_parser",
+    "run",
+    "run_merge",
+    "stop_on_signals",
+]
 
 SPEC_HELP = (
     "host (the running kernel, no qemu), debian:5.10 | debian:6.1 | debian:6.12 | "
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     status is 128 + the signal's number. A second signal kills what is left at once.
     """
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             return _run(args, out or sys.stdout)
     except KeyboardInterrupt as stop:  # a signal before the handlers were in place
         signum = getattr(stop, "signum", signal.SIGINT)
@@ -173,7 +180,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def stop_on_signals() -> Iterator[None]:
     """Route the stopping signals to the matrix's stop request while the block runs."""
     from uffdharness import interrupts
     from uffdharness.matrix.children import CHILDREN

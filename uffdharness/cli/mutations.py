@@ -111,12 +111,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     options = MatrixOptions(timeout=args.timeout, guest_timeout=args.guest_timeout, jobs=args.jobs)
     progress = None if args.quiet else ProgressPrinter(err, specs)
     started = time.monotonic()
-    from uffdharness.cli.matrix import _stop_on_signals
+    from uffdharness.cli.matrix import stop_on_signals
     from uffdharness.matrix.children import CHILDREN
     from uffdharness.matrix.runner import run_matrix
 
     try:
-        with _stop_on_signals():
+        with stop_on_signals():
             runs = run_matrix(specs, options, progress)
     except MatrixError as exc:
         err.write(f"uffdharness mutations: {exc}\n")

@@ -38,6 +38,7 @@ def describe(spec: SourceSpec, source: SourceTree, meta: dict) -> dict:
         "files_compiled": meta.get("files_compiled"),
         "build_s": meta.get("total_s"),
         "entry": meta.get("entry"),
+        "build_dir": meta.get("build_dir"),
     }
 
 
