@@ -114,8 +114,10 @@ def run_in_child(
                 os.setpgid(pid, pid)  # also here: the group exists before the parent kills it
             except OSError:
                 pass  # the child got there first, or already exited
-        os.close(write_fd)
-        write_fd = -1
+            # Still blocked: a signal delivered right after close() returned would raise
+            # before write_fd is forgotten, and the cleanup would close it twice (EBADF).
+            os.close(write_fd)
+            write_fd = -1
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
