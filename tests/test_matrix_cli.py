@@ -22,9 +22,11 @@ from uffdharness.matrix.cachedir import cache_root
 
 
 def test_cli_default_guest_timeout_is_the_runners():
-    from uffdharness.cli import matrix as matrix_command
+    from uffdharness.cli import build_parser
 
-    assert matrix_command.DEFAULT_GUEST_TIMEOUT == matrix_runner.DEFAULT_GUEST_TIMEOUT
+    parser = build_parser()
+    for argv in (["matrix", "--kernel", "host"], ["mutations"], ["bisect-step", "-k", "move"]):
+        assert parser.parse_args(argv).guest_timeout == matrix_runner.DEFAULT_GUEST_TIMEOUT
 
 
 def test_building_the_cli_does_not_import_the_matrix_package():

@@ -8,6 +8,9 @@ import math
 import os
 from collections.abc import Callable
 
+from uffdharness.defaults import DEFAULT_TIMEOUT
+from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
+
 MAX_SCENARIO_TIMEOUT_S = 3600.0
 MAX_GUEST_TIMEOUT_S = 86400.0
 
@@ -64,3 +67,24 @@ def check_outputs(error: Callable[[str], object], **paths: str | None) -> None:
             reason = unwritable_reason(path)
             if reason:
                 error(f"--{option}: {reason}")
+
+
+def add_guest_timeouts(parser: argparse.ArgumentParser) -> tuple[argparse.Action, argparse.Action]:
+    """``--timeout`` (per scenario x memory, inside a guest) and ``--guest-timeout``, for
+    every command that boots guests (matrix, mutations, bisect-step)."""
+    return (
+        parser.add_argument(
+            "--timeout",
+            type=seconds(MAX_SCENARIO_TIMEOUT_S),
+            default=DEFAULT_TIMEOUT,
+            metavar="S",
+            help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
+        ),
+        parser.add_argument(
+            "--guest-timeout",
+            type=seconds(MAX_GUEST_TIMEOUT_S),
+            default=DEFAULT_GUEST_TIMEOUT,
+            metavar="S",
+            help=f"seconds a guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
+        ),
+    )

@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.interrupts import signal_name
-from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
 
-from .arguments import MAX_GUEST_TIMEOUT_S, MAX_SCENARIO_TIMEOUT_S, check_outputs, seconds
+from .arguments import add_guest_timeouts, check_outputs
 from .matrix import stop_on_signals
 from .run import add_selection_arguments
 
@@ -95,20 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FRAGMENT",
         help="config options on top of the catalogue's (repeatable)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=seconds(MAX_SCENARIO_TIMEOUT_S),
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds per scenario x memory inside the guest ({DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--guest-timeout",
-        type=seconds(MAX_GUEST_TIMEOUT_S),
-        default=DEFAULT_GUEST_TIMEOUT,
-        metavar="S",
-        help=f"seconds the guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
-    )
+    add_guest_timeouts(parser)
     parser.add_argument(
         "--json",
         metavar="FILE",

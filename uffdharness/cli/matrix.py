@@ -23,17 +23,9 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.interrupts import signal_name
-from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
 
-from .arguments import (
-    MAX_GUEST_TIMEOUT_S,
-    MAX_SCENARIO_TIMEOUT_S,
-    check_outputs,
-    count,
-    seconds,
-)
+from .arguments import add_guest_timeouts, check_outputs, count
 from .run import add_selection_arguments
 
 MAX_JOBS = 64
@@ -114,20 +106,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action
             help="guests to run at once (default 1); vCPUs per guest are chosen "
             "so they do not oversubscribe the host",
         ),
-        parser.add_argument(
-            "--timeout",
-            type=seconds(MAX_SCENARIO_TIMEOUT_S),
-            default=DEFAULT_TIMEOUT,
-            metavar="S",
-            help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
-        ),
-        parser.add_argument(
-            "--guest-timeout",
-            type=seconds(MAX_GUEST_TIMEOUT_S),
-            default=DEFAULT_GUEST_TIMEOUT,
-            metavar="S",
-            help=f"seconds a guest may run before it counts as a hang ({DEFAULT_GUEST_TIMEOUT:g})",
-        ),
+        *add_guest_timeouts(parser),
         parser.add_argument(
             "--guest-memory",
             type=count(256, 1 << 20),

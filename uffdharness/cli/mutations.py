@@ -17,10 +17,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from uffdharness.defaults import DEFAULT_TIMEOUT
-from uffdharness.matrix.defaults import DEFAULT_GUEST_TIMEOUT
-
-from .arguments import MAX_GUEST_TIMEOUT_S, MAX_SCENARIO_TIMEOUT_S, check_outputs, count, seconds
+from .arguments import add_guest_timeouts, check_outputs, count
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,20 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--jobs", type=count(1, 8), default=2, metavar="N", help="guests at a time (2)"
     )
-    parser.add_argument(
-        "--timeout",
-        type=seconds(MAX_SCENARIO_TIMEOUT_S),
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"seconds per scenario x memory inside a guest ({DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--guest-timeout",
-        type=seconds(MAX_GUEST_TIMEOUT_S),
-        default=DEFAULT_GUEST_TIMEOUT,
-        metavar="S",
-        help=f"seconds a guest may run ({DEFAULT_GUEST_TIMEOUT:g})",
-    )
+    add_guest_timeouts(parser)
     parser.add_argument("--json", metavar="FILE", help="write the mutation table as JSON")
     parser.add_argument(
         "--matrix-json", metavar="FILE", help="write every kernel's full matrix report"
@@ -66,13 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(suite, chosen, out: TextIO) -> None:
-    from uffdharness.mutations.table import _group
+    from uffdharness.mutations.table import group_pairs
 
     out.write(f"base {suite.base} (patches written against {suite.written_against})\n")
     for mutation in chosen:
         out.write(f"{mutation.name}\n    {mutation.summary}\n")
         what = f"reverts {mutation.reverts!r}" if mutation.reverts else mutation.breaks
-        out.write(f"    {what}\n    caught by {_group(sorted(mutation.caught_by))}\n")
+        out.write(f"    {what}\n    caught by {group_pairs(sorted(mutation.caught_by))}\n")
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 from .compare import Change, Outcome
 
 
-def _group(pairs: Sequence[tuple[str, str]]) -> str:
+def group_pairs(pairs: Sequence[tuple[str, str]]) -> str:
     """('a','anon'),('a','shmem'),('b','anon') -> 'a[anon,shmem] b[anon]'."""
     kinds: dict[str, list[str]] = {}
     for scenario, kind in sorted(pairs):
@@ -36,12 +36,12 @@ def render(outcomes: Sequence[Outcome]) -> str:
         m = outcome.mutation
         lines.append(f"{m.name}: {status(outcome)}")
         lines.append(f"  breaks:     {m.reverts and 'reverts ' + repr(m.reverts) or m.breaks}")
-        lines.append(f"  expected:   {_group(sorted(m.caught_by))}")
+        lines.append(f"  expected:   {group_pairs(sorted(m.caught_by))}")
         if outcome.error:
             lines.append(f"  error:      {outcome.error}")
             continue
         caught = [c.pair for c in outcome.caught]
-        lines.append(f"  caught by:  {_group(caught)}")
+        lines.append(f"  caught by:  {group_pairs(caught)}")
         if outcome.escaped:
             lines.append(
                 "  escaped:    "
