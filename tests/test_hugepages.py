@@ -338,7 +338,7 @@ def test_signals_deferred_until_block_ends() -> None:
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT has a non-default handler in this test process")
     with pytest.raises(KeyboardInterrupt):
-        with hugepages._signals_deferred():
+        with hugepages.signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             reached_end = True
     assert reached_end

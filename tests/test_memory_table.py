@@ -17,7 +17,7 @@ from uffdharness.memory import (
     allocate,
     hugetlb_page_size,
 )
-from uffdharness.scenarios.model import Scenario
+from uffdharness.scenarios.model import ALL_KINDS, Scenario
 
 WP_FILE = Feature.PAGEFAULT_FLAG_WP | Feature.WP_HUGETLBFS_SHMEM
 MINOR_WP = RegisterMode.MINOR | RegisterMode.WP
@@ -25,7 +25,13 @@ MINOR_WP = RegisterMode.MINOR | RegisterMode.WP
 
 def test_every_kind_has_exactly_one_row():
     assert sorted(spec.name for spec in KIND_TABLE) == sorted(kind.value for kind in MemoryKind)
-    assert CATALOGUE_KINDS == ("anon", "shmem", "memfd", "hugetlb", "hugetlb-private")
+    assert ALL_KINDS == ("anon", "shmem", "memfd", "memfd-private", "hugetlb", "hugetlb-private")
+    assert set(CATALOGUE_KINDS) - set(ALL_KINDS) == {
+        "anon-thp",
+        "shmem-thp",
+        "anon-mthp",
+        "hugetlb-1g",
+    }
     assert MemoryKind.HUGETLB.spec is SPECS["hugetlb"]
 
 
@@ -67,7 +73,7 @@ def test_minor_on_anon_is_refused_by_the_table_and_by_the_kernel(uffd_factory, r
     assert refused.value.errno_name == "EINVAL"
 
 
-@pytest.mark.parametrize("kind", CATALOGUE_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_mapping_matches_the_row(kind, region_factory):
     spec = SPECS[kind]
     region = region_factory(kind, 2)
@@ -77,7 +83,7 @@ def test_mapping_matches_the_row(kind, region_factory):
     assert (region.fd >= 0) == (spec.backing == "memfd")
 
 
-@pytest.mark.parametrize("kind", CATALOGUE_KINDS)
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_drop_advice_gives_the_pages_back(kind, region_factory):
     """After the row's drop advice the pages read zero, through this mapping and through
     the backing file: the next touch of a registered range would fault as missing."""

@@ -283,7 +283,7 @@ def reclaim_orphans() -> int:
     """Give back the hugepages of reservations whose owner was killed; the pages returned."""
     if os.geteuid() != 0:
         return 0
-    with _signals_deferred(), _pool_lock():
+    with signals_deferred(), _pool_lock():
         before = _read_ledger()
         living = _reclaim_orphans()
         _write_ledger(living)
@@ -345,7 +345,7 @@ def pool_frozen() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold back SIGINT/SIGTERM/SIGALRM for the block, then deliver what arrived."""
     if threading.current_thread() is not threading.main_thread():
         # Python runs signal handlers only in the main thread; nothing to defer here.
@@ -410,7 +410,7 @@ class HugepagePool:
         if self._owner_pid is not None:
             raise RuntimeError(f"{self!r} is already entered")
         path = nr_hugepages_path(self.size_kb)
-        with _signals_deferred(), _pool_lock():
+        with signals_deferred(), _pool_lock():
             ledger = _reclaim_orphans() if os.geteuid() == 0 else []
             before = counts(self.size_kb).persistent
             if self.count:
@@ -451,7 +451,7 @@ class HugepagePool:
         """Give back what this pool added (idempotent; a no-op in a forked child)."""
         if self._owner_pid is None or self._owner_pid != os.getpid():
             return
-        with _signals_deferred(), _pool_lock():
+        with signals_deferred(), _pool_lock():
             if self._added:
                 now = counts(self.size_kb).persistent
                 _write_pool_size(nr_hugepages_path(self.size_kb), max(now - self._added, 0))

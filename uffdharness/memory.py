@@ -25,6 +25,12 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 Family = Literal["anon", "shmem", "hugetlb"]
 Backing = Literal["anonymous", "memfd", "file"]
+# Transparent huge pages: "pmd" maps PMD-aligned with MADV_HUGEPAGE and counts in PMD-sized
+# pages, so a populated page is one PMD-mapped THP; "mthp" maps with MADV_HUGEPAGE at a
+# folio size the scenario picks (thp.mthp_sizes()), so a populated page is a PTE-mapped
+# large folio. Which THP settings a kind needs (and the run sets as root) is in kindsetup.
+Thp = Literal["", "pmd", "mthp"]
+MFD_HUGE_SHIFT = 26  # UAPI linux/memfd.h: log2 of the hugetlb page size in bits 26-31
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,14 @@ class KindSpec:
     register_features: Mapping[RegisterMode, Feature]
     gates: Mapping[str, KernelGate] = field(default_factory=dict)
     in_catalogue: bool = True  # the file kind needs a path, so scenarios do not run on it
+    # In ALL_KINDS and its subsets: every scenario for "all memory" runs on it. The huge-
+    # page kinds are not: scenarios where the page size changes what the kernel does list
+    # them by name.
+    general: bool = True
+    thp: Thp = ""
+    hugetlb_size: int = 0  # bytes (MFD_HUGE_*); 0: the default hugepage size
+    max_pages: int | None = None  # what a scenario may map at most (1 GiB pages)
+    since: KernelGate | None = None  # the kind exists from this kernel on
 
     @property
     def is_hugetlb(self) -> bool:
@@ -94,11 +108,22 @@ class KindSpec:
 
     @property
     def page_size(self) -> int:
-        return hugetlb_page_size() if self.is_hugetlb else PAGE_SIZE
+        if self.is_hugetlb:
+            return self.hugetlb_size or hugetlb_page_size()
+        return pmd_size() if self.thp == "pmd" else PAGE_SIZE
 
     @property
     def memfd_flags(self) -> int:
-        return sc.MFD_CLOEXEC | (sc.MFD_HUGETLB if self.is_hugetlb else 0)
+        flags = sc.MFD_CLOEXEC
+        if self.is_hugetlb:
+            flags |= sc.MFD_HUGETLB
+            if self.hugetlb_size:
+                flags |= (self.hugetlb_size.bit_length() - 1) << MFD_HUGE_SHIFT
+        return flags
+
+    def pages(self, wanted: int) -> int:
+        """``wanted`` pages, or fewer where the kind caps what a scenario maps."""
+        return min(wanted, self.max_pages) if self.max_pages else wanted
 
     @property
     def mmap_flags(self) -> int:
@@ -123,6 +148,11 @@ KIND_TABLE: tuple[KindSpec, ...] = (
     KindSpec("anon", "anon", False, "anonymous", sc.MADV_DONTNEED, _ANON_MODES),
     KindSpec("shmem", "shmem", True, "anonymous", sc.MADV_REMOVE, _SHMEM_MODES),
     KindSpec("memfd", "shmem", True, "memfd", sc.MADV_REMOVE, _SHMEM_MODES),
+    # A memfd mapped MAP_PRIVATE (the selftests' "shmem-private"): vma_is_shmem() holds, so
+    # MISSING faults come from shmem_fault() and MINOR works, but the VMA is not VM_SHARED:
+    # UFFDIO_COPY and ZEROPAGE install anonymous pages (mfill_atomic_pte's private path)
+    # and MADV_DONTNEED drops them, leaving the page cache as it was.
+    KindSpec("memfd-private", "shmem", False, "memfd", sc.MADV_DONTNEED, _SHMEM_MODES),
     KindSpec(
         "hugetlb",
         "hugetlb",
@@ -142,14 +172,59 @@ KIND_TABLE: tuple[KindSpec, ...] = (
         {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED, "drop": _HUGETLB_DONTNEED},
     ),
     KindSpec("file", "shmem", True, "file", sc.MADV_REMOVE, _SHMEM_MODES, in_catalogue=False),
+    KindSpec(
+        "anon-thp",
+        "anon",
+        False,
+        "anonymous",
+        sc.MADV_DONTNEED,
+        _ANON_MODES,
+        general=False,
+        thp="pmd",
+    ),
+    KindSpec(
+        "shmem-thp",
+        "shmem",
+        True,
+        "memfd",
+        sc.MADV_REMOVE,
+        _SHMEM_MODES,
+        general=False,
+        thp="pmd",
+    ),
+    KindSpec(
+        "anon-mthp",
+        "anon",
+        False,
+        "anonymous",
+        sc.MADV_DONTNEED,
+        _ANON_MODES,
+        general=False,
+        thp="mthp",
+        since=KernelGate("6.8", "'mm: thp: support allocation of anonymous multi-size THP'"),
+    ),
+    KindSpec(
+        "hugetlb-1g",
+        "hugetlb",
+        True,
+        "memfd",
+        sc.MADV_REMOVE,
+        _HUGETLB_MODES,
+        {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED},
+        general=False,
+        hugetlb_size=1 << 30,
+        max_pages=1,
+    ),
 )
 SPECS: dict[str, KindSpec] = {spec.name: spec for spec in KIND_TABLE}
 CATALOGUE_KINDS: tuple[str, ...] = tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue)
 
 
 def kinds_where(predicate: Callable[[KindSpec], bool]) -> tuple[str, ...]:
-    """Names of the catalogue's kinds whose row satisfies ``predicate``."""
-    return tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue and predicate(spec))
+    """Names of the catalogue's general kinds whose row satisfies ``predicate``."""
+    return tuple(
+        spec.name for spec in KIND_TABLE if spec.in_catalogue and spec.general and predicate(spec)
+    )
 
 
 @functools.cache
@@ -177,7 +252,12 @@ class MemoryKind(str, Enum):
     MEMFD = "memfd"  # memfd_create, mapped shared
     HUGETLB = "hugetlb"  # memfd MFD_HUGETLB, mapped shared
     HUGETLB_PRIVATE = "hugetlb-private"  # memfd MFD_HUGETLB, mapped private
+    MEMFD_PRIVATE = "memfd-private"  # memfd_create, mapped private
     FILE = "file"  # a regular file, mapped shared
+    ANON_THP = "anon-thp"  # private anonymous, PMD-aligned, MADV_HUGEPAGE
+    SHMEM_THP = "shmem-thp"  # memfd mapped shared, PMD-aligned, MADV_HUGEPAGE
+    ANON_MTHP = "anon-mthp"  # private anonymous at an mTHP folio size, MADV_HUGEPAGE
+    HUGETLB_1G = "hugetlb-1g"  # memfd MFD_HUGETLB | MFD_HUGE_1GB, mapped shared
 
     @property
     def spec(self) -> KindSpec:
@@ -522,8 +602,14 @@ def allocate(
     name: str = "uffdharness",
     path: str | None = None,
     populate: bool = False,
+    align: int | None = None,
 ) -> Region:
-    """Map a region of ``pages`` pages (of the kind's page size) or ``length`` bytes."""
+    """Map a region of ``pages`` pages (of the kind's page size) or ``length`` bytes.
+
+    ``align``: the start's alignment (a power of two); by default the page size, and for
+    an mTHP kind the largest power of two dividing ``length`` up to a PMD, so a region of
+    one folio's size can hold exactly that folio.
+    """
     kind = MemoryKind(kind)
     spec = kind.spec
     page_size = spec.page_size
@@ -533,6 +619,10 @@ def allocate(
         length = pages * page_size
     if length <= 0 or length % page_size:
         raise ValueError(f"length {length} is not a positive multiple of {page_size}")
+    if align is None:
+        align = min(length & -length, pmd_size()) if spec.thp == "mthp" else page_size
+    if align & (align - 1) or align < PAGE_SIZE:
+        raise ValueError(f"alignment {align} is no power of two of at least {PAGE_SIZE}")
 
     fd = -1
     if spec.backing == "memfd":
@@ -546,8 +636,9 @@ def allocate(
             os.ftruncate(fd, length)
         reservation = None
         start, fixed = 0, 0
-        if guard or spec.is_hugetlb:  # hugetlb mappings must be aligned to the page size
-            reservation = Reservation(length, page_size, PAGE_SIZE if guard else 0)
+        # hugetlb mappings must be aligned to the page size, THP ones to the folio size
+        if guard or spec.is_hugetlb or spec.thp or align > PAGE_SIZE:
+            reservation = Reservation(length, align, PAGE_SIZE if guard else 0)
             start, fixed = reservation.start, sc.MAP_FIXED
         flags = spec.mmap_flags | fixed | (sc.MAP_POPULATE if populate else 0)
         try:
@@ -561,6 +652,12 @@ def allocate(
                 )
                 exc.strerror = exc._format(exc.errno)
             raise
+        if spec.thp:
+            try:
+                sc.madvise(addr, length, sc.MADV_HUGEPAGE)
+            except BaseException:
+                sc.munmap(*(reservation.span if reservation else (addr, length)))
+                raise
     except BaseException:
         if fd >= 0:
             os.close(fd)

@@ -210,22 +210,15 @@ class CatalogueItem(pytest.Item):
         self.memory = memory
 
     def runtest(self) -> None:
+        from .kindsetup import KindSetup
         from .runner import run_pair
 
         info = system.facts()
-        hugetlb_skip = None
-        pool = None
-        if MemoryKind(self.memory).is_hugetlb:
-            try:
-                pool = HugepagePool(self.scenario.hugepages).__enter__()
-            except HugepageError as exc:
-                hugetlb_skip = f"cannot reserve hugepages: {exc}"
-        try:
-            timeout = self.config.getoption("--uffd-timeout")
-            result = run_pair(self.scenario, self.memory, info, timeout, hugetlb_skip)
-        finally:
-            if pool is not None:
-                pool.release()
+        timeout = self.config.getoption("--uffd-timeout")
+        needs = [(self.memory, self.scenario.hugepages)]
+        with KindSetup(needs, info.is_root) as setup:
+            kind_skip = setup.skip_reason(self.memory)
+            result = run_pair(self.scenario, self.memory, info, timeout, kind_skip)
         self.user_properties.append(("verdict", result.verdict))
         self.user_properties.append(("facts", json.dumps(result.facts, default=str)))
         if result.verdict == "skip":

@@ -16,11 +16,11 @@ from typing import Any
 
 from . import system
 from .defaults import DEFAULT_TIMEOUT
-from .hugepages import HugepageError, HugepagePool
 from .interrupts import Interrupted
 from .isolation import run_in_child
 from .kernelversion import KernelVersion
 from .kernelversion import parse as parse_version
+from .kindsetup import KindSetup
 from .memory import MemoryKind
 from .scenarios.context import Context
 from .scenarios.model import BAD_VERDICTS, Observation, Scenario, Skip, Verdict
@@ -137,16 +137,17 @@ def _run_one(item: Scenario, kind: str, info: SystemFacts, timeout: float) -> Ob
 
 
 def run_pair(
-    item: Scenario, kind: str, info: SystemFacts, timeout: float, hugetlb_skip: str | None
+    item: Scenario, kind: str, info: SystemFacts, timeout: float, kind_skip: str | None
 ) -> Result:
+    """``kind_skip``: why the run's set-up could not provide ``kind`` (kindsetup)."""
     started = time.monotonic()
     reason = item.skip_reason(
         info.kernel, info.offered, info.is_root, kind, privileges=info.privileges
     )
     if info.uffd_error:
         reason = f"userfaultfd unavailable: {info.uffd_error}"
-    if reason is None and MemoryKind(kind).is_hugetlb and hugetlb_skip:
-        reason = hugetlb_skip
+    if reason is None and kind_skip:
+        reason = kind_skip
     if reason is not None:
         return Result(item.id, kind, "skip", reason, key="skipped")
     # A scenario may declare a shorter budget than the run's, never a longer one.
@@ -187,19 +188,6 @@ def run_pair(
     return Result(item.id, kind, verdict, reason, observation.key, observation.facts, duration)
 
 
-def _reserve_hugepages(stack: ExitStack, pairs) -> str | None:
-    """Reserve the largest hugetlb need of the selection once; the skip reason if we can't."""
-    needs = [item.hugepages for item, kind in pairs if MemoryKind(kind).is_hugetlb]
-    if not needs:
-        return None
-    count = max(needs)
-    try:
-        stack.enter_context(HugepagePool(count))
-    except HugepageError as exc:
-        return f"cannot reserve {count} hugepages: {exc}"
-    return None
-
-
 def run(
     pairs: list[tuple[Scenario, str]],
     *,
@@ -213,16 +201,14 @@ def run(
     running: str | None = None
     try:
         with ExitStack() as stack:
-            hugetlb_skip = (
-                _reserve_hugepages(stack, pairs)
-                if info.is_root
-                else ("hugetlb needs root to reserve hugepages via /proc/sys/vm/nr_hugepages")
+            setup = stack.enter_context(
+                KindSetup(((kind, item.hugepages) for item, kind in pairs), info.is_root)
             )
             for index, (item, kind) in enumerate(pairs):
                 running = f"{item.id}[{kind}]"
                 if progress:
                     progress(index, len(pairs), None, running)
-                result = run_pair(item, kind, info, timeout, hugetlb_skip)
+                result = run_pair(item, kind, info, timeout, setup.skip_reason(kind))
                 results.append(result)
                 running = None
                 if progress:

@@ -16,7 +16,7 @@ from ..memory import PAGE_SIZE, MemoryKind, Region, allocate
 from ..uffd import Userfaultfd
 from .checks import Checks, errno_of
 from .context import Background, Context, next_event
-from .model import ALL_KINDS, SHARED_KINDS, Observation
+from .model import ALL_KINDS, MINOR_KINDS, Observation
 from .registry import scenario
 
 SEED = 0x5EED
@@ -207,7 +207,7 @@ def hugetlb_shared_copy(ctx: Context) -> Observation:
     title="Minor faults resolved with UFFDIO_CONTINUE",
     checks="with the page in the page cache but no PTE, a touch raises a MINOR fault "
     "(5.13 hugetlbfs, 5.14 shmem) and UFFDIO_CONTINUE maps the cached page unchanged",
-    memory=SHARED_KINDS + ("hugetlb-private",),
+    memory=MINOR_KINDS,
     modes=RegisterMode.MINOR,
 )
 def minor_continue(ctx: Context) -> Observation:

@@ -26,17 +26,21 @@ from ..abi import (
 )
 from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
-from ..memory import CATALOGUE_KINDS, SPECS, kinds_where
+from ..memory import SPECS, kinds_where
 from ..system import Privileges
 
 Verdict = Literal["pass", "known-bug", "fail", "skip", "error", "hang"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "known-bug", "fail", "skip", "error", "hang")
 BAD_VERDICTS = frozenset({"fail", "error", "hang"})
 
-ALL_KINDS = CATALOGUE_KINDS
+ALL_KINDS = kinds_where(lambda spec: True)
 SMALL_PAGE_KINDS = kinds_where(lambda spec: not spec.is_hugetlb)
 HUGETLB_KINDS = kinds_where(lambda spec: spec.is_hugetlb)
 SHARED_KINDS = kinds_where(lambda spec: spec.shared)
+PRIVATE_KINDS = kinds_where(lambda spec: not spec.shared)
+MINOR_KINDS = kinds_where(lambda spec: spec.supports(RegisterMode.MINOR))
+# Not general: listed by the scenarios where huge pages change what the kernel does.
+THP_KINDS = ("anon-thp", "shmem-thp")
 
 
 class Skip(Exception):
@@ -193,6 +197,11 @@ class Scenario:
         if self.min_kernel:
             minimum.append(Gate(self.min_kernel, f"needs kernel >= {self.min_kernel}"))
         operations = []
+        since = SPECS[kind].since
+        if since:
+            operations.append(
+                Gate(since.since, f"{kind} memory needs kernel >= {since.since} ({since.change})")
+            )
         for operation in self.uses:
             gate = SPECS[kind].gates.get(operation)
             if gate:

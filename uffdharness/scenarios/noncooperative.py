@@ -142,7 +142,7 @@ def event_unmap(ctx: Context) -> Observation:
     title="EAGAIN while a non-cooperative event is pending",
     checks="while an EVENT_REMOVE message is unread the mm is 'changing': COPY, ZEROPAGE "
     "and WRITEPROTECT fail with EAGAIN (mmap_changing, 4.17) and succeed once it is read",
-    memory=("anon", "shmem", "memfd"),
+    memory=("anon", "shmem", "memfd", "memfd-private"),
     modes=RegisterMode.MISSING | RegisterMode.WP,
     features=Feature.EVENT_REMOVE,
     uses=("drop",),

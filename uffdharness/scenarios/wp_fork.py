@@ -213,7 +213,7 @@ wp_fork = scenario(
     title="uffd-wp state across fork(), with and without EVENT_FORK",
     checks=FORK_CHECKS + " (markers: 'mm/uffd: fix pte marker when fork() without fork "
     "event', 6.2)",
-    memory=("anon", "shmem", "memfd", "hugetlb"),
+    memory=("anon", "shmem", "memfd", "memfd-private", "hugetlb"),
     modes=RegisterMode.WP,
     features=Feature.EVENT_FORK,  # the with-EVENT_FORK variant; needs CAP_SYS_PTRACE
     uses=("zap",),
