@@ -8,17 +8,18 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from .. import kpageflags, thp
 from .. import syscalls as sc
 from ..abi import Feature, RegisterMode
 from ..isolation import run_in_child
 from ..maps import uffd_vm_flags
-from ..memory import MemoryKind, Reservation, allocate
+from ..memory import MemoryKind, Region, Reservation, allocate, pmd_size
 from ..pagemap import region_view, wp_pages
 from ..system import kernel_warned
 from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Background, Context
-from .model import ALL_KINDS, KnownBug, NonEmpty, Observation
+from .model import ALL_KINDS, THP_KINDS, KnownBug, NonEmpty, Observation, Skip
 from .registry import scenario
 from .wp import FINISH_TIMEOUT, SEED, pages_for, protected_pages, require_pagemap_uffd_wp
 
@@ -88,23 +89,39 @@ WP_MREMAP_FIX = KnownBug(
 )
 
 
+def _layout(kind: MemoryKind, folio: int) -> tuple[int, int, int]:
+    """(page size, pages, populated pages) of the range wp-cleared-on-mremap protects:
+    three pages with the last left empty; one populated page where the kind maps at most
+    one (1 GiB); an mTHP kind maps one ``folio``-sized large folio, every 4K page of it
+    populated."""
+    if kind.spec.thp == "mthp":
+        pages = folio // kind.page_size
+        return kind.page_size, pages, pages
+    pages = kind.spec.pages(3)
+    return kind.page_size, pages, max(pages - 1, 1)
+
+
 def _protect_and_move(
-    kind: MemoryKind, features: Feature, write: bool, user_mode_only: bool
+    kind: MemoryKind, features: Feature, write: bool, user_mode_only: bool, folio: int = 0
 ) -> dict[str, Any]:
-    """Protect a 3-page region, mremap it elsewhere, and report what the new range holds.
-    With ``write`` also write every moved page (run this in a child: a stale marker is
-    the kind of thing that could SIGBUS or hang)."""
-    page = kind.page_size
+    """Protect a region (``_layout``), mremap it elsewhere, and report what the new range
+    holds. With ``write`` also write every moved page (run this in a child: a stale marker
+    is the kind of thing that could SIGBUS or hang)."""
+    page, pages, populated = _layout(kind, folio)
+    align = folio or page
     with (
-        Reservation(3 * page, align=page) as parking,
-        allocate(kind, 3) as region,
+        Reservation(pages * page, align=align) as parking,
+        allocate(kind, pages, align=align) as region,
         Userfaultfd.open(features, user_mode_only=user_mode_only) as uffd,
     ):
-        region.fill_indexed(SEED, 0, 2)  # page 2 stays unpopulated
+        region.fill_indexed(SEED, 0, populated)
+        facts: dict[str, Any] = {}
+        if kind.spec.thp:
+            facts["folio_sizes_before"] = huge_folios(region, populated)
         uffd.register(region, mode=RegisterMode.WP)
         uffd.writeprotect(region)
         old = region.addr
-        facts: dict[str, Any] = {"wp_pages_before": wp_pages(region)}
+        facts["wp_pages_before"] = wp_pages(region)
         region.mremap(region.length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, parking.start)
         facts["moved"] = region.addr != old
         facts["pagemap_after_move"] = region_view(region)
@@ -122,30 +139,22 @@ def _protect_and_move(
             writer = Background(region.touch, None, write=True)
             facts["write_finished"] = writer.finished(FINISH_TIMEOUT)
             facts["data_intact"] = (
-                facts["write_finished"] and region.find_indexed_mismatch(SEED, 0, 2) is None
+                facts["write_finished"] and region.find_indexed_mismatch(SEED, 0, populated) is None
             )
         return facts
 
 
-@scenario(
-    id="wp-cleared-on-mremap",
-    title="uffd-wp bits are cleared by mremap() without EVENT_REMAP",
-    checks="mremap() of a write-protected range whose uffd lacks EVENT_REMAP drops the "
-    "registration, so the moved PTEs must lose their uffd-wp bit and a write must neither "
-    "fault nor SIGBUS (fixed by 'mm: clear uffd-wp PTE/PMD state on mremap()', 6.13, "
-    "CVE-2025-21696)",
-    memory=ALL_KINDS,
-    modes=RegisterMode.WP,
-    uses=("mremap",),
-    known_bug=WP_MREMAP_FIX.showing(wp_pages_after_move=NonEmpty()),
-)
-def wp_cleared_on_mremap(ctx: Context) -> Observation:
-    features = ctx.mode_features(RegisterMode.WP)
-    require_pagemap_uffd_wp(ctx)
+def huge_folios(region: Region, populated: int) -> list[int]:
+    """Folio sizes mapping the populated part of a THP region (kpageflags, root)."""
+    addr, length = region.span(0, populated)
+    return [size for size in kpageflags.folio_sizes(addr, length) if size]
+
+
+def _mremap_case(ctx: Context, features: Feature, folio: int = 0) -> Checks:
     user_mode_only = ctx.system.user_mode_only
-    moved = _protect_and_move(ctx.memory, features, False, user_mode_only)
+    moved = _protect_and_move(ctx.memory, features, False, user_mode_only, folio)
     outcome = run_in_child(
-        _protect_and_move, ctx.memory, features, True, user_mode_only, timeout=10
+        _protect_and_move, ctx.memory, features, True, user_mode_only, folio, timeout=10
     )
     access: dict[str, Any] = {"child": outcome.status}
     if outcome.status == "ok":
@@ -158,9 +167,19 @@ def wp_cleared_on_mremap(ctx: Context) -> Observation:
         access["error"] = str(outcome.exception)
     write_ok = access.get("write_finished") is True and access.get("data_intact") is True
 
+    _, pages, populated = _layout(ctx.memory, folio)
     check = Checks(moved)
+    if ctx.spec.thp:
+        # A THP that could not be allocated leaves the case without its subject.
+        folio_size = folio or ctx.page_size
+        if moved["folio_sizes_before"] != [folio_size] * (populated * ctx.page_size // folio_size):
+            raise Skip(
+                f"no {folio_size >> 10} KiB THP could be allocated (folios "
+                f"{moved['folio_sizes_before']}): memory too fragmented"
+            )
+    protected = protected_pages(ctx, pages) if populated < pages else list(range(pages))
     check.expect("moved", moved["moved"], True)
-    check.expect("wp_pages_before", moved["wp_pages_before"], protected_pages(ctx, 3))
+    check.expect("wp_pages_before", moved["wp_pages_before"], protected)
     check.expect("wp_pages_after_move", moved["wp_pages_after_move"], [])
     check.expect("uffd_vm_flags_after_move", moved["uffd_vm_flags_after_move"], [])
     check.expect("events", moved["events"], 0)
@@ -171,7 +190,43 @@ def wp_cleared_on_mremap(ctx: Context) -> Observation:
         write_ok,
         "the child's write to every moved page to finish with the data intact",
     )
-    return check.observation(
-        f"wp pages after mremap={moved['wp_pages_after_move']}, write in child: "
-        + ("ok" if write_ok else access.get("signal") or access["child"])
-    )
+    check.fact("write_ok", write_ok)
+    check.fact("write_outcome", "ok" if write_ok else access.get("signal") or access["child"])
+    return check
+
+
+@scenario(
+    id="wp-cleared-on-mremap",
+    title="uffd-wp bits are cleared by mremap() without EVENT_REMAP",
+    checks="mremap() of a write-protected range whose uffd lacks EVENT_REMAP drops the "
+    "registration, so the moved PTEs must lose their uffd-wp bit and a write must neither "
+    "fault nor SIGBUS (fixed by 'mm: clear uffd-wp PTE/PMD state on mremap()', 6.13, "
+    "CVE-2025-21696)",
+    memory=ALL_KINDS + THP_KINDS + ("anon-mthp", "hugetlb-1g"),
+    modes=RegisterMode.WP,
+    uses=("mremap",),
+    known_bug=WP_MREMAP_FIX.showing(wp_pages_after_move=NonEmpty()),
+)
+def wp_cleared_on_mremap(ctx: Context) -> Observation:
+    features = ctx.mode_features(RegisterMode.WP)
+    require_pagemap_uffd_wp(ctx)
+    if ctx.spec.thp and not kpageflags.readable():
+        raise Skip("telling THP folios apart needs /proc/kpageflags (root)")
+    if ctx.spec.thp != "mthp":
+        check = _mremap_case(ctx, features)
+        return check.observation(
+            f"wp pages after mremap={check.facts['wp_pages_after_move']}, write in child: "
+            + check.facts["write_outcome"]
+        )
+    # One case per mTHP size: each a PTE-mapped large folio of that size.
+    check = Checks()
+    stale = []
+    for folio in thp.mthp_sizes(pmd_size()):
+        case = _mremap_case(ctx, features, folio)
+        check.nest(f"{folio >> 10}k", case)
+        if not case.ok:
+            stale.append(f"{folio >> 10}k")
+    # The known bug's signature reads the first size's facts; every size shows it alike.
+    check.fact("wp_pages_after_move", next(iter(check.facts.values()))["wp_pages_after_move"])
+    sizes = ",".join(f"{folio >> 10}k" for folio in thp.mthp_sizes(pmd_size()))
+    return check.observation(f"mTHP {sizes}: " + (f"stale on {stale}" if stale else "all cleared"))
