@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 from collections.abc import Callable
 
 from .. import syscalls as sc
-from ..abi import Feature, RegisterMode
+from ..abi import Feature, RegisterMode, flag_names
 from ..errors import UffdError
 from ..events import PagefaultEvent
 from ..isolation import run_in_child
@@ -236,11 +237,11 @@ def minor_continue(ctx: Context) -> Observation:
     return check.observation(key=f"fault={fault_kind} data={'ok' if intact else 'BAD'}")
 
 
-def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], verb: str):
+def _sigbus_checks(ctx: Context, touch: Callable[..., None], *extra: object) -> Checks:
     """Run ``touch`` in a child; the kernel must kill it with SIGBUS."""
     features = ctx.mode_features(RegisterMode.MISSING)
     user_mode_only = ctx.system.user_mode_only
-    outcome = run_in_child(touch, ctx.memory.value, features, user_mode_only, timeout=10)
+    outcome = run_in_child(touch, ctx.memory.value, features, user_mode_only, *extra, timeout=10)
     signal_name = signal.Signals(outcome.signal).name if outcome.signal else None
     check = Checks()
     check.expect("child", outcome.status, "crashed")
@@ -249,7 +250,12 @@ def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], v
         check.fact("error", str(outcome.exception))
     if outcome.status == "timeout":
         check.fact("note", "the toucher blocked waiting for a handler")
-    return check.observation(key=f"{verb} -> {signal_name or outcome.status}")
+    return check
+
+
+def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], verb: str):
+    check = _sigbus_checks(ctx, touch)
+    return check.observation(key=f"{verb} -> {check.facts['signal'] or check.facts['child']}")
 
 
 def _poison_then_touch(kind: str, features: Feature, user_mode_only: bool) -> None:
@@ -260,17 +266,64 @@ def _poison_then_touch(kind: str, features: Feature, user_mode_only: bool) -> No
     region.touch(0)  # must raise SIGBUS and kill this process
 
 
+LEDGER_BYTES = 256
+
+
+def _poison_from_handler(
+    kind: str, features: Feature, user_mode_only: bool, ledger: Region
+) -> None:
+    """A thread touches page 1 and faults; this thread reads the fault and resolves it
+    with UFFDIO_POISON, which wakes the toucher: its retry must raise SIGBUS. What was
+    seen goes to ``ledger`` (shared with the parent) first, as the process dies."""
+    region = allocate(kind, 2)
+    uffd = Userfaultfd.open(features | Feature.POISON, user_mode_only=user_mode_only)
+    uffd.register(region)
+    toucher = Background(region.touch, 1)
+    fault = next_event(uffd, timeout=5)
+    if not isinstance(fault, PagefaultEvent):
+        ledger.write(json.dumps({"fault": repr(fault)}).encode()[:LEDGER_BYTES])
+        return
+    page = region.page_index(fault.address)
+    report = {"fault_page": page, "fault_kind": fault.fault_kind}
+    ledger.write(json.dumps(report).encode()[:LEDGER_BYTES])
+    uffd.poison(*region.span(page))
+    toucher.value(5)  # SIGBUS kills this process before the toucher returns
+
+
+def _ledger(ledger: Region) -> dict:
+    text = ledger.read(0, LEDGER_BYTES).rstrip(b"\0")
+    return json.loads(text) if text else {}
+
+
 @scenario(
     id="poison",
     title="UFFDIO_POISON",
     checks="a page marked with UFFDIO_POISON (6.6) raises SIGBUS on access, like a "
-    "hardware memory error",
+    "hardware memory error, also when POISON resolves a missing fault from the handler "
+    "(the woken access gets SIGBUS); UFFDIO_REGISTER reports UFFDIO_POISON among the "
+    "range's ioctls",
     memory=ALL_KINDS,
     modes=RegisterMode.MISSING,
     features=Feature.POISON,
 )
 def poison(ctx: Context) -> Observation:
-    return _sigbus_outcome(ctx, _poison_then_touch, "access")
+    check = Checks()
+    touched = _sigbus_checks(ctx, _poison_then_touch)
+    check.nest("poisoned_then_touched", touched)
+    ledger = ctx.region(1, MemoryKind.SHMEM)
+    from_handler = _sigbus_checks(ctx, _poison_from_handler, ledger)
+    seen = _ledger(ledger)
+    from_handler.expect("fault_page", seen.get("fault_page"), 1)
+    from_handler.expect("fault_kind", seen.get("fault_kind"), "missing")
+    check.nest("poisoned_from_handler", from_handler)
+    region = ctx.region(1)
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING) | Feature.POISON)
+    ioctls = flag_names(uffd.register(region))
+    # UFFD_API_RANGE_IOCTLS and _BASIC both gained _UFFDIO_POISON with the ioctl (6.6).
+    check.fact("register_ioctls", ioctls)
+    check.expect("register_reports_poison", "POISON" in ioctls, True)
+    outcomes = [part.facts["signal"] or part.facts["child"] for part in (touched, from_handler)]
+    return check.observation(key=f"access -> {outcomes[0]}; from handler -> {outcomes[1]}")
 
 
 def _touch_with_sigbus_feature(kind: str, features: Feature, user_mode_only: bool) -> None:
