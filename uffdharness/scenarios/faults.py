@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -235,6 +236,83 @@ def minor_continue(ctx: Context) -> Observation:
     check.expect("bytes_continued", mapped, region.page_size)
     check.expect("content_is_page_cache", intact, True)
     return check.observation(key=f"fault={fault_kind} data={'ok' if intact else 'BAD'}")
+
+
+CACHED = b"in-page-cache-16"
+COPIED = b"copied-by-ioctl!"
+
+
+def _fill(call: Callable[[], int]) -> tuple[str, int | None]:
+    """(errno name or "ok", the result field: bytes done, or -errno when refused)."""
+    try:
+        return "ok", call()
+    except UffdError as refusal:
+        return refusal.errno_name, refusal.result_field
+
+
+@scenario(
+    id="mapped-eexist",
+    title="Filling a page that is already there",
+    checks="UFFDIO_CONTINUE of a page it already mapped fails with EEXIST and mapped = "
+    "-EEXIST (5.13 hugetlbfs, 5.14 shmem); on a shared mapping UFFDIO_COPY and "
+    "UFFDIO_ZEROPAGE of a page already in the page cache fail with EEXIST though the "
+    "mapping has no PTE for it (ZEROPAGE is EINVAL on hugetlbfs), while a private mapping "
+    "gets its own page and the page cache stays as it was",
+    memory=MINOR_KINDS,
+    modes=RegisterMode.MISSING | RegisterMode.MINOR,
+    hugepages=6,
+)
+def mapped_eexist(ctx: Context) -> Observation:
+    continued, copied, zeroed = 0, 1, 2
+    region = ctx.region(3)
+    page = region.page_size
+    # Every page in the page cache through a shared second mapping, none mapped in the
+    # region; the alias is made before registering (see Region.alias).
+    cache_view = region.alias()
+    cache_view.fill(CACHED)
+    source = ctx.region(page // PAGE_SIZE, MemoryKind.ANON)
+    source.fill(COPIED)
+    modes = RegisterMode.MISSING | RegisterMode.MINOR
+    uffd = ctx.uffd(ctx.mode_features(modes))
+    uffd.register(region, mode=modes)
+    continue_first = _fill(lambda: uffd.continue_(*region.span(continued)))
+    continue_again = _fill(lambda: uffd.continue_(*region.span(continued)))
+    copy = _fill(lambda: uffd.copy(region.page_addr(copied), source.addr, page))
+    zeropage = _fill(lambda: uffd.zeropage(*region.span(zeroed)))
+    eexist = ("EEXIST", -errno.EEXIST)
+    # hugetlbfs has no zero page: mfill_atomic_hugetlb() refuses ZEROPAGE first.
+    no_zeropage = ("EINVAL", -errno.EINVAL)
+    check = Checks({"shared": ctx.spec.shared, "page_size": page})
+    check.expect("continue_first", list(continue_first), ["ok", page])
+    # The second CONTINUE finds the PTE the first installed (mfill_atomic_install_pte(),
+    # hugetlb_mfill_atomic_pte()): EEXIST, also written to uffdio_continue.mapped.
+    check.expect("continue_again", list(continue_again), list(eexist))
+    if ctx.spec.shared:
+        # A shared mapping fills the page cache: the page is there already (shmem's
+        # filemap add, hugetlbfs_pagecache_present()), whatever this mapping's PTEs say.
+        wanted_copy, wanted_zeropage = eexist, eexist
+    else:
+        # A private mapping's fills install an anonymous page over the empty PTE and
+        # never touch the page cache.
+        wanted_copy, wanted_zeropage = ("ok", page), ("ok", page)
+    if ctx.spec.is_hugetlb:
+        wanted_zeropage = no_zeropage
+    check.expect("copy", list(copy), list(wanted_copy))
+    check.expect("zeropage", list(zeropage), list(wanted_zeropage))
+    check.expect(
+        "continued_page_is_page_cache", region.verify(CACHED, continued * page, page), True
+    )
+    cache_intact = cache_view.verify(CACHED, copied * page, 2 * page)
+    check.expect("page_cache_unchanged", cache_intact, True)
+    if not ctx.spec.shared:
+        # Only here is anything mapped at those pages: a shared region's read would raise
+        # a MINOR fault nobody serves.
+        check.expect("private_copy", region.verify(COPIED, copied * page, page), True)
+        if not ctx.spec.is_hugetlb:
+            check.expect("private_zeropage", region.verify(b"\0", zeroed * page, page), True)
+    return check.observation(
+        key=f"continue again -> {continue_again[0]}, copy -> {copy[0]}, zeropage -> {zeropage[0]}"
+    )
 
 
 def _sigbus_checks(ctx: Context, touch: Callable[..., None], *extra: object) -> Checks:
