@@ -14,7 +14,9 @@ class UffdError(OSError):
     """A userfaultfd or memory call the kernel refused.
 
     ``done`` is the kernel's partial count in bytes when the ioctl reports one (the s64
-    result field of COPY/ZEROPAGE/CONTINUE/POISON/MOVE), else None.
+    result field of COPY/ZEROPAGE/CONTINUE/POISON/MOVE), else None. ``result_field`` is
+    that field as the ioctl left it: bytes done, -errno, or the 0 user space put there
+    when the kernel did not write it.
     """
 
     def __init__(
@@ -25,12 +27,14 @@ class UffdError(OSError):
         length: int | None = None,
         done: int | None = None,
         detail: str = "",
+        result_field: int | None = None,
     ) -> None:
         self.op = op
         self.start = start
         self.length = length
         self.done = done
         self.detail = detail
+        self.result_field = result_field
         super().__init__(code, self._format(code))
 
     @property
@@ -54,7 +58,15 @@ class UffdError(OSError):
     def __reduce__(self):  # keep every field when a result crosses a process boundary
         return (
             type(self)._rebuild,
-            (self.errno, self.op, self.start, self.length, self.done, self.detail),
+            (
+                self.errno,
+                self.op,
+                self.start,
+                self.length,
+                self.done,
+                self.detail,
+                self.result_field,
+            ),
         )
 
     @classmethod

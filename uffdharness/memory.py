@@ -505,11 +505,17 @@ class Region:
             self._foreign.append((addr, length))
 
     def alias(self, *, shared: bool = True) -> Region:
-        """A second mapping of the same backing file (memfd, hugetlb or file region)."""
+        """A second mapping of the same backing file (memfd, hugetlb or file region), or of
+        the same pages of MAP_SHARED|MAP_ANONYMOUS shmem: mremap() with old_size 0 maps a
+        shareable mapping's pages again. Make it before registering the region: that
+        mremap copies the VMA, and without EVENT_REMAP the copy is unregistered."""
         if self.fd < 0:
-            raise HarnessError(f"{self.kind.value} region has no backing file to alias")
-        flags = sc.MAP_SHARED if shared else sc.MAP_PRIVATE
-        addr = sc.mmap(0, self.length, sc.PROT_RW, flags, self.fd, 0)
+            if not (shared and self.kind.spec.shared and self.kind.spec.backing == "anonymous"):
+                raise HarnessError(f"{self.kind.value} region has no backing file to alias")
+            addr = sc.mremap(self.addr, 0, self.length, sc.MREMAP_MAYMOVE)
+        else:
+            flags = sc.MAP_SHARED if shared else sc.MAP_PRIVATE
+            addr = sc.mmap(0, self.length, sc.PROT_RW, flags, self.fd, 0)
         alias = Region(
             addr, self.length, self.kind, page_size=self.page_size, fd=self.fd, name=self.name
         )

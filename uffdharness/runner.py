@@ -129,7 +129,7 @@ def judge(
 
 
 def _run_one(item: Scenario, kind: str, info: SystemFacts, timeout: float) -> Observation:
-    ctx = Context(MemoryKind(kind), info, item.modes, timeout)
+    ctx = Context(MemoryKind(kind), info, item.modes, timeout, probes=item.probes)
     try:
         return item.run(ctx)
     finally:

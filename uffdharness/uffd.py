@@ -357,7 +357,7 @@ class Userfaultfd(OwnedFd):
         if rc == 0:
             return result
         done = result if result > 0 else 0
-        raise UffdError(-rc, op, start, length, done=done)
+        raise UffdError(-rc, op, start, length, done=done, result_field=result)
 
     def copy(
         self,

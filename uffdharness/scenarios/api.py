@@ -22,7 +22,7 @@ from ..abi import (
 from ..errors import UffdError
 from ..kernelversion import KernelVersion
 from ..uffd import Userfaultfd
-from .checks import Checks, expect_errnos
+from .checks import Checks, errno_of, expect_errnos
 from .context import Context
 from .model import Observation, missing_features
 from .registry import scenario
@@ -79,6 +79,27 @@ def _negotiation_refusals(
     return refused
 
 
+WRONG_API = 0xAB  # anything but UFFD_API (0xAA)
+
+
+def _api_refusals(user_mode_only: bool) -> Checks:
+    """UFFDIO_API on one fresh uffd: a wrong ``api``, then a good call, then two more.
+
+    userfaultfd_api() refuses an api other than UFFD_API with EINVAL before it looks at the
+    features, and a refused call leaves the uffd uninitialised, so the next good call
+    succeeds. Once initialised, every further UFFDIO_API is EINVAL, whatever it asks for:
+    the features are set once (cmpxchg from 0 since 6.1, the UFFD_STATE_WAIT_API check
+    before)."""
+    part = Checks()
+    with Userfaultfd.open(api=False, user_mode_only=user_mode_only) as uffd:
+        part.expect("wrong_api", errno_of(uffd.api_raw, 0, api=WRONG_API), "EINVAL")
+        part.expect("good_api_after_refusal", errno_of(uffd.api_raw, 0), "ok")
+        part.expect("second_api", errno_of(uffd.api_raw, 0), "EINVAL")
+        second_features = int(Feature.THREAD_ID)
+        part.expect("second_api_other_features", errno_of(uffd.api_raw, second_features), "EINVAL")
+    return part
+
+
 def _open_result(**kwargs) -> str:
     try:
         with Userfaultfd.open(**kwargs) as uffd:
@@ -92,7 +113,9 @@ def _open_result(**kwargs) -> str:
     title="UFFDIO_API feature and ioctl negotiation",
     checks="userfaultfd opens through the syscall and /dev/userfaultfd (6.1), UFFDIO_API "
     "reports the features and API ioctls this kernel version must have, and accepts each "
-    "offered feature; bits newer than the vendored UAPI are facts, never failures",
+    "offered feature; bits newer than the vendored UAPI are facts, never failures; a wrong "
+    "api (not UFFD_API) is EINVAL and leaves the uffd uninitialised, and a second "
+    "UFFDIO_API on an initialised uffd is EINVAL",
     memory=("anon",),
 )
 def api_probe(ctx: Context) -> Observation:
@@ -105,6 +128,7 @@ def api_probe(ctx: Context) -> Observation:
     capabilities = frozenset({"CAP_SYS_PTRACE"} if ctx.system.cap_sys_ptrace else ())
     refused = _negotiation_refusals(result.offered, user_mode_only, capabilities)
     check.expect("offered_but_refused", refused, {})
+    check.nest("api_calls", _api_refusals(user_mode_only))
     via_syscall = check.fact("open_syscall", _open_result(via="syscall"))
     via_dev = _open_result(via="dev") if os.path.exists("/dev/userfaultfd") else "absent"
     # /dev/userfaultfd arrived in 6.1 ("userfaultfd: add /dev/userfaultfd for fine grained

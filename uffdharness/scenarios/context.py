@@ -31,6 +31,7 @@ class Context:
     system: SystemFacts
     modes: RegisterMode = RegisterMode(0)  # the register modes the scenario declared
     timeout: float = DEFAULT_TIMEOUT  # seconds the runner gives it before calling it a hang
+    probes: RegisterMode = RegisterMode(0)  # the modes it declared it tries where offered
     _regions: list[Region] = field(default_factory=list)
     _uffds: list[Userfaultfd] = field(default_factory=list)
 
@@ -62,6 +63,19 @@ class Context:
         if undeclared:
             raise HarnessError(f"scenario registers {undeclared!r} without declaring it")
         return self.spec.mode_features(modes)
+
+    def probe_features(self, modes: RegisterMode) -> Feature | None:
+        """Features ``modes`` need on this memory kind, or None where the kind lacks one of
+        them or the kernel lacks one of their features: there UFFDIO_REGISTER must refuse
+        ``modes`` (EINVAL). The scenario must have declared them (``modes=`` or
+        ``probes=`` of @scenario)."""
+        undeclared = RegisterMode(int(modes) & ~int(self.modes | self.probes))
+        if undeclared:
+            raise HarnessError(f"scenario probes {undeclared!r} without declaring it")
+        if not self.spec.supports(modes):
+            return None
+        needed = self.spec.mode_features(modes)
+        return None if missing_features(needed, self.offered) else needed
 
     def region(self, pages: int, kind: MemoryKind | str | None = None, **kwargs: Any) -> Region:
         region = allocate(kind or self.memory, pages, **kwargs)

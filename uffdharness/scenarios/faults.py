@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
 import threading
 from collections.abc import Callable
 
 from .. import syscalls as sc
-from ..abi import Feature, RegisterMode
+from ..abi import Feature, RegisterMode, flag_names
 from ..errors import UffdError
 from ..events import PagefaultEvent
 from ..isolation import run_in_child
@@ -236,11 +238,88 @@ def minor_continue(ctx: Context) -> Observation:
     return check.observation(key=f"fault={fault_kind} data={'ok' if intact else 'BAD'}")
 
 
-def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], verb: str):
+CACHED = b"in-page-cache-16"
+COPIED = b"copied-by-ioctl!"
+
+
+def _fill(call: Callable[[], int]) -> tuple[str, int | None]:
+    """(errno name or "ok", the result field: bytes done, or -errno when refused)."""
+    try:
+        return "ok", call()
+    except UffdError as refusal:
+        return refusal.errno_name, refusal.result_field
+
+
+@scenario(
+    id="mapped-eexist",
+    title="Filling a page that is already there",
+    checks="UFFDIO_CONTINUE of a page it already mapped fails with EEXIST and mapped = "
+    "-EEXIST (5.13 hugetlbfs, 5.14 shmem); on a shared mapping UFFDIO_COPY and "
+    "UFFDIO_ZEROPAGE of a page already in the page cache fail with EEXIST though the "
+    "mapping has no PTE for it (ZEROPAGE is EINVAL on hugetlbfs), while a private mapping "
+    "gets its own page and the page cache stays as it was",
+    memory=MINOR_KINDS,
+    modes=RegisterMode.MISSING | RegisterMode.MINOR,
+    hugepages=6,
+)
+def mapped_eexist(ctx: Context) -> Observation:
+    continued, copied, zeroed = 0, 1, 2
+    region = ctx.region(3)
+    page = region.page_size
+    # Every page in the page cache through a shared second mapping, none mapped in the
+    # region; the alias is made before registering (see Region.alias).
+    cache_view = region.alias()
+    cache_view.fill(CACHED)
+    source = ctx.region(page // PAGE_SIZE, MemoryKind.ANON)
+    source.fill(COPIED)
+    modes = RegisterMode.MISSING | RegisterMode.MINOR
+    uffd = ctx.uffd(ctx.mode_features(modes))
+    uffd.register(region, mode=modes)
+    continue_first = _fill(lambda: uffd.continue_(*region.span(continued)))
+    continue_again = _fill(lambda: uffd.continue_(*region.span(continued)))
+    copy = _fill(lambda: uffd.copy(region.page_addr(copied), source.addr, page))
+    zeropage = _fill(lambda: uffd.zeropage(*region.span(zeroed)))
+    eexist = ("EEXIST", -errno.EEXIST)
+    # hugetlbfs has no zero page: mfill_atomic_hugetlb() refuses ZEROPAGE first.
+    no_zeropage = ("EINVAL", -errno.EINVAL)
+    check = Checks({"shared": ctx.spec.shared, "page_size": page})
+    check.expect("continue_first", list(continue_first), ["ok", page])
+    # The second CONTINUE finds the PTE the first installed (mfill_atomic_install_pte(),
+    # hugetlb_mfill_atomic_pte()): EEXIST, also written to uffdio_continue.mapped.
+    check.expect("continue_again", list(continue_again), list(eexist))
+    if ctx.spec.shared:
+        # A shared mapping fills the page cache: the page is there already (shmem's
+        # filemap add, hugetlbfs_pagecache_present()), whatever this mapping's PTEs say.
+        wanted_copy, wanted_zeropage = eexist, eexist
+    else:
+        # A private mapping's fills install an anonymous page over the empty PTE and
+        # never touch the page cache.
+        wanted_copy, wanted_zeropage = ("ok", page), ("ok", page)
+    if ctx.spec.is_hugetlb:
+        wanted_zeropage = no_zeropage
+    check.expect("copy", list(copy), list(wanted_copy))
+    check.expect("zeropage", list(zeropage), list(wanted_zeropage))
+    check.expect(
+        "continued_page_is_page_cache", region.verify(CACHED, continued * page, page), True
+    )
+    cache_intact = cache_view.verify(CACHED, copied * page, 2 * page)
+    check.expect("page_cache_unchanged", cache_intact, True)
+    if not ctx.spec.shared:
+        # Only here is anything mapped at those pages: a shared region's read would raise
+        # a MINOR fault nobody serves.
+        check.expect("private_copy", region.verify(COPIED, copied * page, page), True)
+        if not ctx.spec.is_hugetlb:
+            check.expect("private_zeropage", region.verify(b"\0", zeroed * page, page), True)
+    return check.observation(
+        key=f"continue again -> {continue_again[0]}, copy -> {copy[0]}, zeropage -> {zeropage[0]}"
+    )
+
+
+def _sigbus_checks(ctx: Context, touch: Callable[..., None], *extra: object) -> Checks:
     """Run ``touch`` in a child; the kernel must kill it with SIGBUS."""
     features = ctx.mode_features(RegisterMode.MISSING)
     user_mode_only = ctx.system.user_mode_only
-    outcome = run_in_child(touch, ctx.memory.value, features, user_mode_only, timeout=10)
+    outcome = run_in_child(touch, ctx.memory.value, features, user_mode_only, *extra, timeout=10)
     signal_name = signal.Signals(outcome.signal).name if outcome.signal else None
     check = Checks()
     check.expect("child", outcome.status, "crashed")
@@ -249,7 +328,12 @@ def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], v
         check.fact("error", str(outcome.exception))
     if outcome.status == "timeout":
         check.fact("note", "the toucher blocked waiting for a handler")
-    return check.observation(key=f"{verb} -> {signal_name or outcome.status}")
+    return check
+
+
+def _sigbus_outcome(ctx: Context, touch: Callable[[str, Feature, bool], None], verb: str):
+    check = _sigbus_checks(ctx, touch)
+    return check.observation(key=f"{verb} -> {check.facts['signal'] or check.facts['child']}")
 
 
 def _poison_then_touch(kind: str, features: Feature, user_mode_only: bool) -> None:
@@ -260,17 +344,64 @@ def _poison_then_touch(kind: str, features: Feature, user_mode_only: bool) -> No
     region.touch(0)  # must raise SIGBUS and kill this process
 
 
+LEDGER_BYTES = 256
+
+
+def _poison_from_handler(
+    kind: str, features: Feature, user_mode_only: bool, ledger: Region
+) -> None:
+    """A thread touches page 1 and faults; this thread reads the fault and resolves it
+    with UFFDIO_POISON, which wakes the toucher: its retry must raise SIGBUS. What was
+    seen goes to ``ledger`` (shared with the parent) first, as the process dies."""
+    region = allocate(kind, 2)
+    uffd = Userfaultfd.open(features | Feature.POISON, user_mode_only=user_mode_only)
+    uffd.register(region)
+    toucher = Background(region.touch, 1)
+    fault = next_event(uffd, timeout=5)
+    if not isinstance(fault, PagefaultEvent):
+        ledger.write(json.dumps({"fault": repr(fault)}).encode()[:LEDGER_BYTES])
+        return
+    page = region.page_index(fault.address)
+    report = {"fault_page": page, "fault_kind": fault.fault_kind}
+    ledger.write(json.dumps(report).encode()[:LEDGER_BYTES])
+    uffd.poison(*region.span(page))
+    toucher.value(5)  # SIGBUS kills this process before the toucher returns
+
+
+def _ledger(ledger: Region) -> dict:
+    text = ledger.read(0, LEDGER_BYTES).rstrip(b"\0")
+    return json.loads(text) if text else {}
+
+
 @scenario(
     id="poison",
     title="UFFDIO_POISON",
     checks="a page marked with UFFDIO_POISON (6.6) raises SIGBUS on access, like a "
-    "hardware memory error",
+    "hardware memory error, also when POISON resolves a missing fault from the handler "
+    "(the woken access gets SIGBUS); UFFDIO_REGISTER reports UFFDIO_POISON among the "
+    "range's ioctls",
     memory=ALL_KINDS,
     modes=RegisterMode.MISSING,
     features=Feature.POISON,
 )
 def poison(ctx: Context) -> Observation:
-    return _sigbus_outcome(ctx, _poison_then_touch, "access")
+    check = Checks()
+    touched = _sigbus_checks(ctx, _poison_then_touch)
+    check.nest("poisoned_then_touched", touched)
+    ledger = ctx.region(1, MemoryKind.SHMEM)
+    from_handler = _sigbus_checks(ctx, _poison_from_handler, ledger)
+    seen = _ledger(ledger)
+    from_handler.expect("fault_page", seen.get("fault_page"), 1)
+    from_handler.expect("fault_kind", seen.get("fault_kind"), "missing")
+    check.nest("poisoned_from_handler", from_handler)
+    region = ctx.region(1)
+    uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING) | Feature.POISON)
+    ioctls = flag_names(uffd.register(region))
+    # UFFD_API_RANGE_IOCTLS and _BASIC both gained _UFFDIO_POISON with the ioctl (6.6).
+    check.fact("register_ioctls", ioctls)
+    check.expect("register_reports_poison", "POISON" in ioctls, True)
+    outcomes = [part.facts["signal"] or part.facts["child"] for part in (touched, from_handler)]
+    return check.observation(key=f"access -> {outcomes[0]}; from handler -> {outcomes[1]}")
 
 
 def _touch_with_sigbus_feature(kind: str, features: Feature, user_mode_only: bool) -> None:

@@ -87,6 +87,23 @@ class AtLeast(Matcher):
         return f">= {self.bound}"
 
 
+@dataclass(frozen=True)
+class Every(Matcher):
+    """A non-empty mapping whose every value equals ``value``."""
+
+    value: Any
+
+    def __call__(self, value: Any) -> bool:
+        return (
+            isinstance(value, Mapping)
+            and bool(value)
+            and all(item == self.value for item in value.values())
+        )
+
+    def __str__(self) -> str:
+        return f"every value {self.value!r}"
+
+
 def fact_at(facts: Mapping[str, Any], path: str) -> Any:
     """The fact at a dotted ``path`` ("without_event_fork.child_wp_pages"), None if absent."""
     value: Any = facts
@@ -169,7 +186,10 @@ class Scenario:
     checks: str  # one sentence naming the kernel change or bug
     run: Callable[[Any], Observation] = field(repr=False)
     memory: tuple[str, ...] = ("anon",)
-    modes: RegisterMode = RegisterMode(0)  # every register mode the scenario uses
+    modes: RegisterMode = RegisterMode(0)  # every register mode the scenario needs
+    # Register modes the scenario tries only where the kind has them and the kernel offers
+    # their features, expecting UFFDIO_REGISTER to refuse them elsewhere: they gate nothing.
+    probes: RegisterMode = RegisterMode(0)
     features: Feature = Feature(0)  # needed on every memory kind, besides the modes'
     min_kernel: str | None = None
     uses: tuple[str, ...] = ()  # operations gated per kind in the table: "mremap", "zap", "drop"

@@ -310,12 +310,48 @@ def _protect_unpopulated(ctx: Context, features: Feature) -> dict[str, Any]:
     return facts
 
 
+def _marker_cleared(ctx: Context, features: Feature, clear: str) -> Checks:
+    """Protect two never-touched pages (uffd-wp markers), clear the markers with
+    ``clear`` ("MADV_DONTNEED" or "unprotect"), then write: the write must not fault."""
+    region = ctx.region(2)
+    uffd = ctx.uffd(features)
+    uffd.register(region, mode=RegisterMode.WP)
+    uffd.writeprotect(region)
+    part = Checks({"pagemap_after_protect": region_view(region)})
+    marked = wp_pages(region)
+    if clear == "MADV_DONTNEED":
+        region.madvise(sc.MADV_DONTNEED)
+    else:
+        uffd.writeprotect(region, mode=UNPROTECT)
+    part.fact("pagemap_after_clear", region_view(region))
+    cleared = wp_pages(region)
+    writer = Background(region.write, b"after", 0)
+    fault = _fault_or_finish(uffd, writer, FINISH_TIMEOUT)
+    if fault is not None or not writer.finished(0):
+        uffd.writeprotect(region, mode=UNPROTECT)  # free a write that faulted
+    finished = writer.finished(EVENT_TIMEOUT)
+    fault = fault if isinstance(fault, PagefaultEvent) else None
+    if ctx.system.pagemap_uffd_wp:
+        part.expect("wp_pages_after_protect", marked, [0, 1])
+        part.expect("wp_pages_after_clear", cleared, [])
+    else:
+        part.fact("wp_pages_after_protect", marked)
+        part.fact("wp_pages_after_clear", cleared)
+    part.expect("write_fault", fault_facts(fault, region), None)
+    part.expect("write_finished", finished, True)
+    part.expect("data_ok", finished and region.read(0, 5) == b"after", True)
+    uffd.close()
+    return part
+
+
 @scenario(
     id="wp-unpopulated",
     title="UFFD_FEATURE_WP_UNPOPULATED",
     checks="with WP_UNPOPULATED (6.4) write-protecting never-touched anonymous memory "
     "installs uffd-wp markers so the first write raises a WP fault; without it the "
-    "protection of an empty PTE is a no-op and the first write just populates",
+    "protection of an empty PTE is a no-op and the first write just populates; "
+    "MADV_DONTNEED drops the markers of anonymous memory, and so does UFFDIO_WRITEPROTECT "
+    "unprotect: pagemap's uffd-wp bit goes and the next write does not fault",
     memory=("anon",),
     modes=RegisterMode.WP,
     features=Feature.WP_UNPOPULATED,
@@ -346,6 +382,11 @@ def wp_unpopulated(ctx: Context) -> Observation:
     check = Checks()
     check.nest("with_wp_unpopulated", with_feature)
     check.nest("without_wp_unpopulated", without_feature)
+    # zap_nonpresent_ptes(): "For anon: always drop the marker" (file-backed memory keeps
+    # it unless the zap asks to drop markers); an unprotect clears a marker like a bit.
+    markers = wp | Feature.WP_UNPOPULATED
+    check.nest("marker_after_dontneed", _marker_cleared(ctx, markers, "MADV_DONTNEED"))
+    check.nest("marker_after_unprotect", _marker_cleared(ctx, markers, "unprotect"))
     without_faulted = without_feature.facts["write_fault"]
     return check.observation(
         f"first write: with={'+'.join(fault['flags']) if fault else 'no fault'}, "
