@@ -20,6 +20,7 @@ from uffdharness.maps import read_smaps_range
 from uffdharness.memory import BUS_ADRERR, PAGE_SIZE
 from uffdharness.runner import run, select
 from uffdharness.scenarios import CATALOGUE
+from uffdharness.scenarios.context import Context
 from uffdharness.scenarios.model import ALL_KINDS, MINOR_KINDS
 from uffdharness.uffd import Userfaultfd
 
@@ -280,3 +281,20 @@ def test_on_remove_unregisters(engine, uffd_factory, region_factory):
     assert region.verify(b"\0", 2 * PAGE_SIZE, 3 * PAGE_SIZE)  # unregistered: no fault
     assert h.stats.faults.missing == 8 and h.stats.events["remove"] == 1
     assert h.stats.errors == {}
+
+
+def test_sigbus_retry_fails_without_hanging_when_faults_queue_instead(monkeypatch):
+    """A kernel that queues a message instead of raising SIGBUS: each blocked access is
+    reported as such (the next COPY/ZEROPAGE wakes it), a fail, not a hang."""
+    plain = Context.uffd
+
+    def without_sigbus(self, features=Feature(0), **kwargs):
+        return plain(self, Feature(int(features) & ~int(Feature.SIGBUS)), **kwargs)
+
+    monkeypatch.setattr(Context, "uffd", without_sigbus)
+    (result,) = _run("sigbus-retry", memory=["anon"]).values()
+    if result.verdict == "skip":
+        pytest.skip(result.reason)
+    assert result.verdict == "fail", result.reason
+    assert "retry.page0.first_read: {'outcome': 'blocked'}, expected" in result.reason
+    assert "retry.page0.queued_after_sigbus" in result.reason
