@@ -251,6 +251,13 @@ void uh_core_set_stopping(struct uh_core *c, int stopping)
     __atomic_store_n(&c->stopping, stopping, __ATOMIC_RELEASE);
 }
 
+void uh_core_set_remove_unregisters(struct uh_core *c, int unregister)
+{
+    pthread_mutex_lock(&c->lock);
+    c->remove_unregisters = unregister;
+    pthread_mutex_unlock(&c->lock);
+}
+
 /* ---- reading ----------------------------------------------------------------------- */
 
 static void push_backlog(struct uh_served *s, const struct uh_uffd_msg *m, size_t n,

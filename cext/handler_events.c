@@ -95,11 +95,23 @@ int event(struct uh_core *c, int ui, const struct uh_uffd_msg *m)
         log_event(c, m->event, ui, from, to, len);
         break;
     }
-    case UH_UFFD_EVENT_REMOVE:
+    case UH_UFFD_EVENT_REMOVE: {
+        uint64_t start = m->arg.remove.start, end = m->arg.remove.end;
+        if (c->remove_unregisters) {
+            /* The syscall that raised the event dropped mmap_lock before waiting for it
+             * to be read (userfaultfd_remove), so UNREGISTER can take it; a range split
+             * meanwhile makes madvise raise REMOVE again for the rest, which is harmless. */
+            struct uh_uffdio_range range = {start, end - start};
+            if (ioctl(s->fd, UH_UFFDIO_UNREGISTER, &range) < 0)
+                count_error(c, errno);
+            carve(s, start, end, 0, 0);
+        } else {
+            mark_present(s, start, end - start, 0);
+        }
         bump(&st->events[2], 1);
-        mark_present(s, m->arg.remove.start, m->arg.remove.end - m->arg.remove.start, 0);
-        log_event(c, m->event, ui, m->arg.remove.start, m->arg.remove.end, 0);
+        log_event(c, m->event, ui, start, end, 0);
         break;
+    }
     case UH_UFFD_EVENT_UNMAP:
         bump(&st->events[3], 1);
         carve(s, m->arg.remove.start, m->arg.remove.end, 0, 0);

@@ -188,6 +188,10 @@ int uh_core_range(struct uh_core *core, int uffd, int index, uint64_t *start, ui
                   uint64_t *src_offset);
 void uh_core_set_wake_fd(struct uh_core *core, int wake_fd);
 void uh_core_set_stopping(struct uh_core *core, int stopping);
+/* On UFFD_EVENT_REMOVE: 0 forgets the removed pages and serves them again when they fault;
+ * 1 unregisters the removed range and stops serving it, so it reads as the memory's own
+ * (zeros) from then on. */
+void uh_core_set_remove_unregisters(struct uh_core *core, int unregister);
 
 /* poll() the wake fd and every uffd; *ready gets bit i for uffd i. Returns the number of
  * ready uffds, 0 when only the wake fd fired (or timeout), or -errno. While uffds are

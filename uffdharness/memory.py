@@ -276,6 +276,20 @@ class MemoryKind(str, Enum):
         return self.spec.page_size
 
 
+BUS_ADRERR = 2  # siginfo si_code of SIGBUS: nonexistent physical address (a uffd SIGBUS)
+
+
+@dataclass(frozen=True)
+class CaughtAccess:
+    """One access made with SIGBUS caught: whether it raised SIGBUS (and did not complete),
+    the signal's si_code and si_addr, and the byte a completed read returned."""
+
+    sigbus: bool
+    code: int
+    address: int
+    value: int | None
+
+
 def _align_up(value: int, align: int) -> int:
     return (value + align - 1) & ~(align - 1)
 
@@ -401,6 +415,20 @@ class Region:
                 raise IndexError(f"page {index} outside a {self.pages}-page region")
         offsets = ffi.new("uint64_t[]", [i * self.page_size for i in indexes])
         return lib.uh_touch_list(ffi.cast("char *", self.addr), offsets, len(indexes), write)
+
+    def access_catching_sigbus(self, offset: int = 0, *, write: bool = False) -> CaughtAccess:
+        """Read the byte at ``offset`` (or rewrite it in place, a write fault first) with a
+        SIGBUS handler installed for this call in this thread: a SIGBUS (UFFD_FEATURE_SIGBUS,
+        UFFDIO_POISON) comes back as ``sigbus=True`` instead of killing the process, and
+        the access can be retried in the same process."""
+        addr = self._check(offset, 1)
+        info = ffi.new("struct uh_sigbus_info *")
+        rc = lib.uh_access_catching_sigbus(ffi.cast("char *", addr), int(write), info)
+        if rc < 0:
+            raise UffdError(-rc, "sigaction(SIGBUS)")
+        caught = bool(info.caught)
+        value = None if caught or write else info.value
+        return CaughtAccess(caught, info.code if caught else 0, info.addr, value)
 
     def fill(self, pattern: bytes, offset: int = 0, length: int | None = None) -> None:
         """Repeat ``pattern`` over [offset, offset+length)."""

@@ -56,6 +56,7 @@ struct uh_core {
     struct uh_stats *stats;
     int wake_fd;
     int stopping;
+    int remove_unregisters; /* UFFD_EVENT_REMOVE: unregister the range, stop serving it */
     int nuffds;
     struct uh_served *uffds[UH_MAX_UFFDS];
     struct uh_policy policies[UH_MAX_POLICIES];

@@ -58,6 +58,10 @@ class Core:
         self._indexes[id(policy)] = index
         return index
 
+    def set_remove_unregisters(self, unregister: bool) -> None:
+        """UFFD_EVENT_REMOVE unregisters the removed range (True) or forgets its pages."""
+        lib.uh_core_set_remove_unregisters(self.ptr, int(unregister))
+
     def add_uffd(self, fd: int, owned: bool = False) -> int:
         return self._check(lib.uh_core_add_uffd(self.ptr, fd, int(owned)), "add uffd")
 

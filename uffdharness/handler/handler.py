@@ -23,6 +23,7 @@ from .thread_engine import ThreadEngine
 
 EngineName = Literal["native", "thread", "process"]
 ENGINES: tuple[EngineName, ...] = ("native", "thread", "process")
+OnRemove = Literal["forget", "unregister"]
 Served = HasRange | tuple[int, int] | tuple[int, int, int]
 PolicyLike = Policy | Callable[[FaultContext], object]
 
@@ -65,6 +66,11 @@ class FaultHandler:
     uffd and wake every thread asleep in a fault; check()/stop() raise UffdClosedError.
     Whatever file takes the closed fd number is never read. The child uffds it adopts from
     fork events are its own, watched the same way, and closed at stop.
+
+    ``on_remove`` says what a UFFD_EVENT_REMOVE (MADV_DONTNEED/MADV_REMOVE of a served
+    range) does: ``"forget"`` marks the pages absent and serves them again when they fault;
+    ``"unregister"`` unregisters the removed range (as the kernel selftests' handler does)
+    and stops serving it, so it reads as the memory's own content (zeros) afterwards.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class FaultHandler:
         batch: int = 64,
         release_on_stop: bool = True,
         stop_timeout: float = 5.0,
+        on_remove: OnRemove = "forget",
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -86,6 +93,8 @@ class FaultHandler:
             raise ValueError("busy_poll is a native-engine mode")
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024 messages, got {batch}")
+        if on_remove not in ("forget", "unregister"):
+            raise ValueError(f"on_remove must be 'forget' or 'unregister', not {on_remove!r}")
         self.uffd = uffd
         self.engine_name: EngineName = engine
         self.policy = None if policy is None else as_policy(policy)
@@ -100,6 +109,7 @@ class FaultHandler:
         try:
             self._core = Core(self._wake_fd)
             self._core.add_uffd(uffd.fileno(), owned=False)
+            self._core.set_remove_unregisters(on_remove == "unregister")
         except BaseException:
             os.close(self._wake_fd)
             raise

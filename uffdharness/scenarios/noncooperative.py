@@ -10,7 +10,8 @@ from .. import syscalls as sc
 from ..abi import Feature, RegisterMode
 from ..errors import UffdError
 from ..events import Event, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent
-from .checks import Checks
+from ..memory import PAGE_SIZE
+from .checks import Checks, errno_of
 from .context import Background, Context, next_event
 from .model import ALL_KINDS, SMALL_PAGE_KINDS, Every, KnownBug, Observation
 from .registry import scenario
@@ -76,8 +77,8 @@ def event_fork(ctx: Context) -> Observation:
     id="event-remap",
     title="UFFD_EVENT_REMAP",
     checks="mremap() of registered memory with EVENT_REMAP (4.11) reports the old and new "
-    "address and the length",
-    memory=SMALL_PAGE_KINDS,
+    "address and the length (hugetlb: mremap from 5.16)",
+    memory=ALL_KINDS,
     modes=RegisterMode.MISSING,
     features=Feature.EVENT_REMAP,
     uses=("mremap",),
@@ -87,8 +88,10 @@ def event_remap(ctx: Context) -> Observation:
     uffd = ctx.uffd(Feature.EVENT_REMAP | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region)
     old, length = region.addr, region.length
-    target = ctx.region(8, kind="anon")  # address space to move into
-    destination = target.addr + 2 * ctx.page_size
+    # Address space to move into, aligned to the page size (hugetlb mremap refuses an
+    # unaligned destination with EINVAL).
+    target = ctx.region(2 * length // PAGE_SIZE, kind="anon", align=ctx.page_size)
+    destination = target.addr + ctx.page_size
     mover = Background(region.mremap, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, destination)
     event = next_event(uffd, timeout=5)
     mover.value(5)
