@@ -7,7 +7,9 @@ forking process could read it).
 
 from __future__ import annotations
 
+import errno
 import signal
+from dataclasses import replace
 from typing import Any
 
 from .. import syscalls as sc
@@ -17,12 +19,21 @@ from ..handler import FaultCounts, FaultHandler, HandlerStats, Unprotect
 from ..isolation import run_in_child
 from ..maps import uffd_vm_flags
 from ..memory import MemoryKind, Region
-from ..pagemap import region_view, wp_pages
+from ..pagemap import read_entries, region_view, wp_pages
+from ..pin import LongTermPin
+from ..pin import unavailable_reason as pin_unavailable_reason
 from .checks import Checks
 from .context import Background, Context
-from .model import KnownBug, NonEmpty, Observation
+from .model import KnownBug, NonEmpty, Observation, Skip
 from .registry import scenario
-from .wp import EVENT_TIMEOUT, SEED, WP_WRITE, offset_span, pages_for
+from .wp import (
+    EVENT_TIMEOUT,
+    SEED,
+    WP_WRITE,
+    offset_span,
+    pages_for,
+    require_pagemap_uffd_wp,
+)
 
 WP_FORK_FIX = KnownBug(
     fixed_in="6.2",
@@ -236,3 +247,168 @@ wp_fork_hugetlb_private = scenario(
     hugepages=8,
     known_bug=HUGETLB_FORK_FIX.showing(*CHILD_INHERITED_WP),
 )(_wp_fork)
+
+
+# --- wp-fork-pin ---------------------------------------------------------------------------------
+
+# Early CoW of a pinned private hugetlb page (copy_hugetlb_page_range() -> the installer of
+# the new folio) dropped the parent's uffd-wp bit for a child with EVENT_FORK until this
+# same 6.4 fix; the child then writes the copy without a fault.
+HUGETLB_PIN_FORK_FIX = replace(
+    HUGETLB_FORK_FIX,
+    signature="fork() with EVENT_FORK copies a long-term-pinned private hugetlb page for "
+    "the child at once (early CoW) without its uffd-wp bit: the child's copy is not "
+    "write-protected and its write raises no fault",
+    memory=("hugetlb-private",),
+)
+
+
+def _pin_refused(exc: UffdError, ctx: Context) -> Skip:
+    """The Skip for a registration io_uring refused (a ring opened: checked first)."""
+    if exc.errno == errno.EOPNOTSUPP:
+        return Skip(
+            f"io_uring refuses {ctx.memory.value} memory as a fixed buffer (EOPNOTSUPP): "
+            "this kernel pins no file-backed pages but hugetlbfs"
+        )
+    if exc.errno == errno.ENOMEM:
+        return Skip("io_uring cannot pin: RLIMIT_MEMLOCK too small and no CAP_IPC_LOCK (ENOMEM)")
+    raise exc
+
+
+def _pfns(region: Region) -> list[int]:
+    """Each page's frame number (0 without CAP_SYS_ADMIN)."""
+    return [entry.pfn for entry in read_entries(region.addr, region.length, region.page_size)]
+
+
+def _inspect_pinned_child(region: Region) -> dict[str, Any]:
+    """Runs in the forked child: which frames it got (a copy, for a pinned private page),
+    then what _inspect_in_child sees, then the uffd-wp bits left once it has written."""
+    pfns = _pfns(region)
+    facts = _inspect_in_child(region)
+    facts["pfns"] = pfns
+    facts["wp_pages_after_write"] = wp_pages(region)
+    return facts
+
+
+def _pinned_fork_variant(ctx: Context, event_fork: bool) -> dict[str, Any]:
+    """Populate all but the last page, pin them long-term, protect the range, fork, and
+    report what the child got. A pinned anonymous page of a private mapping may be written
+    through the pin behind the kernel's back, so fork() cannot share it copy-on-write: it
+    copies it for the child at once (copy_present_page(), page_needs_cow_for_dma()), and
+    that copy must carry the uffd-wp bit exactly when the child's VMA stays registered
+    ("mm/userfaultfd: fix uffd-wp special cases for fork()", 5.13; hugetlb 6.4)."""
+    pages = 3
+    region = ctx.region(pages)
+    populated = pages - 1
+    features = ctx.mode_features(RegisterMode.WP)
+    uffd = ctx.uffd(features | Feature.EVENT_FORK if event_fork else features)
+    # Started (its helper forked) before anything is populated: see _fork_variant.
+    handler = FaultHandler(uffd, Unprotect(), region, engine="process") if event_fork else None
+    served: tuple[HandlerStats, str | None] | None = None
+    pin: LongTermPin | None = None
+    try:
+        if handler is not None:
+            handler.start()
+        region.fill_indexed(SEED, 0, populated)
+        # Pinned before the protection: io_uring pins FOLL_WRITE, and a write pin of a
+        # write-protected page would raise a (kernel-mode) WP fault.
+        try:
+            pin = LongTermPin(*region.span(0, populated))
+        except UffdError as exc:
+            raise _pin_refused(exc, ctx) from None
+        uffd.register(region, mode=RegisterMode.WP)
+        uffd.writeprotect(region)
+        parent_pfns = _pfns(region)
+        parent_pagemap = region_view(region)
+        parent_wp = wp_pages(region)
+        outcome = run_in_child(_inspect_pinned_child, region, timeout=10)
+        parent_wp_after = wp_pages(region)
+        parent_pfns_after = _pfns(region)
+    finally:
+        if handler is not None:
+            served = _stop(handler)
+        if pin is not None:
+            pin.close()
+    facts: dict[str, Any] = {
+        "pinned_pages": list(range(populated)),
+        "parent_pagemap": parent_pagemap,
+        "parent_wp_pages": parent_wp,
+        "parent_wp_pages_after_fork": parent_wp_after,
+        "parent_pfns_kept": parent_pfns_after == parent_pfns,
+        "child": outcome.status,
+    }
+    if outcome.status == "ok":
+        child = dict(outcome.value)
+        child_pfns = child.pop("pfns")
+        facts.update({f"child_{name}": value for name, value in child.items()})
+        if all(parent_pfns[:populated]) and all(child_pfns[:populated]):  # readable as root
+            facts["copied_at_fork"] = [
+                page for page in range(populated) if child_pfns[page] != parent_pfns[page]
+            ]
+        if event_fork:
+            facts["lost_wp_pages"] = sorted(set(parent_wp) - set(child["wp_pages"]))
+    elif outcome.signal:
+        facts["child_signal"] = signal.Signals(outcome.signal).name
+    elif outcome.exception is not None:
+        facts["child_error"] = str(outcome.exception)
+    if served is not None:
+        stats, failure = served
+        facts["fork_events"] = stats.events["fork"]
+        facts["child_faults"] = _fault_flags(stats.faults)
+        if failure is not None:
+            facts["handler_failure"] = failure
+    uffd.close()
+    region.close()
+    return facts
+
+
+def _judge_pinned(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
+    check = _judge_variant(name, facts, ctx.system.pagemap_uffd_wp)
+    check.expect(
+        "parent_wp_pages_after_fork", facts["parent_wp_pages_after_fork"], facts["parent_wp_pages"]
+    )
+    check.expect("parent_pfns_kept", facts["parent_pfns_kept"], True)
+    if facts["child"] != "ok":
+        return check
+    # A shared mapping's pages are the file's: fork() never copies them, pinned or not.
+    copied = facts["pinned_pages"] if not ctx.spec.shared else []
+    if "copied_at_fork" in facts:
+        check.expect("copied_at_fork", facts["copied_at_fork"], copied)
+    # Every page was written: each fault (with EVENT_FORK) was resolved by unprotecting it.
+    check.expect("child_wp_pages_after_write", facts["child_wp_pages_after_write"], [])
+    return check
+
+
+@scenario(
+    id="wp-fork-pin",
+    title="uffd-wp state across fork() of long-term-pinned pages",
+    checks="fork() copies a long-term-pinned (io_uring fixed buffer) private anonymous page "
+    "for the child at once (early CoW, copy_present_page()); the copy carries the uffd-wp "
+    "bit with EVENT_FORK, so the child's write faults on its uffd, and not without it "
+    "('mm/userfaultfd: fix uffd-wp special cases for fork()', 5.13; private hugetlb: "
+    "'mm/hugetlb: fix uffd-wp during fork()', 6.4)",
+    memory=("anon", "shmem", "memfd", "memfd-private", "hugetlb", "hugetlb-private"),
+    modes=RegisterMode.WP,
+    features=Feature.EVENT_FORK,
+    hugepages=8,
+    known_bug=HUGETLB_PIN_FORK_FIX.showing({"with_event_fork.lost_wp_pages": NonEmpty()}),
+)
+def wp_fork_pin(ctx: Context) -> Observation:
+    # The copy's bit is what is judged; before 5.14 pagemap cannot show it.
+    require_pagemap_uffd_wp(ctx)
+    unavailable = pin_unavailable_reason()
+    if unavailable:
+        raise Skip(unavailable)
+    variants = {
+        "without_event_fork": _pinned_fork_variant(ctx, False),
+        "with_event_fork": _pinned_fork_variant(ctx, True),
+    }
+    check = Checks()
+    for name, facts in variants.items():
+        check.nest(name, _judge_pinned(ctx, name, facts))
+    parts = [
+        f"{name.replace('_event_fork', '')}: copied={facts.get('copied_at_fork')} "
+        f"wp={facts.get('child_wp_pages')}"
+        for name, facts in variants.items()
+    ]
+    return check.observation("child " + "; ".join(parts))
