@@ -7,8 +7,10 @@ forking process could read it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..memory import MemoryKind, Region
 from ..pagemap import read_entries, region_view, wp_pages
 from ..pin import LongTermPin
 from ..pin import unavailable_reason as pin_unavailable_reason
+from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Background, Context
 from .model import KnownBug, NonEmpty, Observation, Skip
@@ -106,6 +109,53 @@ def _stop(handler: FaultHandler) -> tuple[HandlerStats, str | None]:
         return handler.stats, str(exc)
 
 
+def fork_and_inspect(
+    region: Region,
+    uffd: Userfaultfd,
+    event_fork: bool,
+    protect: Callable[[], dict[str, Any]],
+    inspect: Callable[[Region], dict[str, Any]] = _inspect_in_child,
+) -> dict[str, Any]:
+    """Run ``protect`` (register and write-protect ``region``; its facts come first), fork
+    a child that runs ``inspect`` on its copy, and report what parent and child saw.
+
+    With EVENT_FORK the child's uffd arrives in a fork event; a handler on the process
+    engine adopts it with the parent's ranges and unprotects each page the child writes.
+    The parent writes nothing meanwhile, so every fault it counts is the child's. It starts
+    (forks its helper) before ``protect``: fork() copies the page tables of a VMA
+    registered for uffd-wp even when shared (vma_needs_copy(), "mm/shmem: handle uffd-wp
+    during fork()", 5.19), and the helper must not map the pages whose pagemap entries
+    (PM_MMAP_EXCLUSIVE among them) the parent reports."""
+    handler = FaultHandler(uffd, Unprotect(), region, engine="process") if event_fork else None
+    served: tuple[HandlerStats, str | None] | None = None
+    try:
+        if handler is not None:
+            handler.start()
+        facts = protect()
+        facts["parent_pagemap"] = region_view(region)
+        facts["parent_wp_pages"] = wp_pages(region)
+        outcome = run_in_child(inspect, region, timeout=10)
+        # before stop(), which unregisters the range
+        facts["parent_wp_pages_after_fork"] = wp_pages(region)
+    finally:
+        if handler is not None:
+            served = _stop(handler)
+    facts["child"] = outcome.status
+    if outcome.status == "ok":
+        facts.update({f"child_{name}": value for name, value in outcome.value.items()})
+    elif outcome.signal:
+        facts["child_signal"] = signal.Signals(outcome.signal).name
+    elif outcome.exception is not None:
+        facts["child_error"] = str(outcome.exception)
+    if served is not None:
+        stats, failure = served
+        facts["fork_events"] = stats.events["fork"]
+        facts["child_faults"] = _fault_flags(stats.faults)
+        if failure is not None:
+            facts["handler_failure"] = failure
+    return facts
+
+
 def _fork_variant(ctx: Context, event_fork: bool, private_alias: bool = False) -> dict[str, Any]:
     """Protect a range (page 1 then zapped, the last page never populated), fork, and
     report what the child inherited. With ``private_alias`` the range is a MAP_PRIVATE
@@ -121,54 +171,21 @@ def _fork_variant(ctx: Context, event_fork: bool, private_alias: bool = False) -
     if event_fork:
         features |= Feature.EVENT_FORK
     uffd = ctx.uffd(features)
-    # With EVENT_FORK the child's uffd arrives in a fork event; the handler adopts it with
-    # the parent's ranges and unprotects each page the child writes. The parent writes
-    # nothing meanwhile, so every fault it counts is the child's. It starts (forks its
-    # helper) before the range is registered: fork() copies the page tables of a VMA
-    # registered for uffd-wp even when shared (vma_needs_copy(), "mm/shmem: handle uffd-wp
-    # during fork()", 5.19), and the helper must not map the pages whose pagemap entries
-    # (PM_MMAP_EXCLUSIVE among them) the parent reports.
-    handler = FaultHandler(uffd, Unprotect(), region, engine="process") if event_fork else None
-    served: tuple[HandlerStats, str | None] | None = None
-    try:
-        if handler is not None:
-            handler.start()
+
+    def protect() -> dict[str, Any]:
         uffd.register(region, mode=RegisterMode.WP)
         uffd.writeprotect(region)
         # A zapped protected page: a PTE marker on file memory (5.19), nothing on anon.
         region.madvise(sc.MADV_DONTNEED, *offset_span(region, 1, 1))
-        parent_pagemap = region_view(region)
-        parent_wp = wp_pages(region)
-        outcome = run_in_child(_inspect_in_child, region, timeout=10)
-        parent_wp_after = wp_pages(region)  # before stop(), which unregisters the range
-    finally:
-        if handler is not None:
-            served = _stop(handler)
-    facts: dict[str, Any] = {
-        "features": flag_names(features),
-        "parent_pagemap": parent_pagemap,
-        "parent_wp_pages": parent_wp,
-        "parent_wp_pages_after_fork": parent_wp_after,
-        "child": outcome.status,
-    }
-    if outcome.status == "ok":
-        facts.update({f"child_{name}": value for name, value in outcome.value.items()})
-    elif outcome.signal:
-        facts["child_signal"] = signal.Signals(outcome.signal).name
-    elif outcome.exception is not None:
-        facts["child_error"] = str(outcome.exception)
-    if served is not None:
-        stats, failure = served
-        facts["fork_events"] = stats.events["fork"]
-        facts["child_faults"] = _fault_flags(stats.faults)
-        if failure is not None:
-            facts["handler_failure"] = failure
+        return {"features": flag_names(features)}
+
+    facts = fork_and_inspect(region, uffd, event_fork, protect)
     uffd.close()  # no later fork may wait for an event of this uffd
     base.close()
     return facts
 
 
-def _judge_variant(name: str, facts: dict[str, Any], bits_visible: bool) -> Checks:
+def judge_fork(name: str, facts: dict[str, Any], bits_visible: bool) -> Checks:
     """A variant's facts with what a fixed kernel shows: without EVENT_FORK the child
     inherits nothing; with it the child inherits the parent's bits and faults on each."""
     check = Checks(facts)
@@ -204,7 +221,7 @@ def _wp_fork(ctx: Context) -> Observation:
     bits_visible = ctx.system.pagemap_uffd_wp
     check = Checks()
     for name, facts in variants.items():
-        check.nest(name, _judge_variant(name, facts, bits_visible))
+        check.nest(name, judge_fork(name, facts, bits_visible))
     check.fact("pagemap_reports_uffd_wp", bits_visible)
     parts = [
         f"{name.replace('_event_fork', '')}={facts.get('child_wp_pages')}"
@@ -298,72 +315,46 @@ def _pinned_fork_variant(ctx: Context, event_fork: bool) -> dict[str, Any]:
     that copy must carry the uffd-wp bit exactly when the child's VMA stays registered
     ("mm/userfaultfd: fix uffd-wp special cases for fork()", 5.13; hugetlb 6.4)."""
     pages = 3
-    region = ctx.region(pages)
     populated = pages - 1
+    region = ctx.region(pages)
     features = ctx.mode_features(RegisterMode.WP)
     uffd = ctx.uffd(features | Feature.EVENT_FORK if event_fork else features)
-    # Started (its helper forked) before anything is populated: see _fork_variant.
-    handler = FaultHandler(uffd, Unprotect(), region, engine="process") if event_fork else None
-    served: tuple[HandlerStats, str | None] | None = None
-    pin: LongTermPin | None = None
-    try:
-        if handler is not None:
-            handler.start()
-        region.fill_indexed(SEED, 0, populated)
-        # Pinned before the protection: io_uring pins FOLL_WRITE, and a write pin of a
-        # write-protected page would raise a (kernel-mode) WP fault.
-        try:
-            pin = LongTermPin(*region.span(0, populated))
-        except UffdError as exc:
-            raise _pin_refused(exc, ctx) from None
-        uffd.register(region, mode=RegisterMode.WP)
-        uffd.writeprotect(region)
-        parent_pfns = _pfns(region)
-        parent_pagemap = region_view(region)
-        parent_wp = wp_pages(region)
-        outcome = run_in_child(_inspect_pinned_child, region, timeout=10)
-        parent_wp_after = wp_pages(region)
-        parent_pfns_after = _pfns(region)
-    finally:
-        if handler is not None:
-            served = _stop(handler)
-        if pin is not None:
-            pin.close()
-    facts: dict[str, Any] = {
-        "pinned_pages": list(range(populated)),
-        "parent_pagemap": parent_pagemap,
-        "parent_wp_pages": parent_wp,
-        "parent_wp_pages_after_fork": parent_wp_after,
-        "parent_pfns_kept": parent_pfns_after == parent_pfns,
-        "child": outcome.status,
-    }
-    if outcome.status == "ok":
-        child = dict(outcome.value)
-        child_pfns = child.pop("pfns")
-        facts.update({f"child_{name}": value for name, value in child.items()})
+    parent_pfns: list[int] = []
+
+    with contextlib.ExitStack() as pins:
+
+        def protect() -> dict[str, Any]:
+            region.fill_indexed(SEED, 0, populated)
+            # Pinned before the protection: io_uring pins FOLL_WRITE, and a write pin of a
+            # write-protected page would raise a (kernel-mode) WP fault.
+            try:
+                pins.enter_context(LongTermPin(*region.span(0, populated)))
+            except UffdError as exc:
+                raise _pin_refused(exc, ctx) from None
+            uffd.register(region, mode=RegisterMode.WP)
+            uffd.writeprotect(region)
+            parent_pfns.extend(_pfns(region))
+            return {"pinned_pages": list(range(populated))}
+
+        facts = fork_and_inspect(region, uffd, event_fork, protect, _inspect_pinned_child)
+        # The populated pages only: an unregister (the handler's stop) clears a marker.
+        facts["parent_pfns_kept"] = _pfns(region)[:populated] == parent_pfns[:populated]
+    if facts["child"] == "ok":
+        child_pfns = facts.pop("child_pfns")
         if all(parent_pfns[:populated]) and all(child_pfns[:populated]):  # readable as root
             facts["copied_at_fork"] = [
                 page for page in range(populated) if child_pfns[page] != parent_pfns[page]
             ]
         if event_fork:
-            facts["lost_wp_pages"] = sorted(set(parent_wp) - set(child["wp_pages"]))
-    elif outcome.signal:
-        facts["child_signal"] = signal.Signals(outcome.signal).name
-    elif outcome.exception is not None:
-        facts["child_error"] = str(outcome.exception)
-    if served is not None:
-        stats, failure = served
-        facts["fork_events"] = stats.events["fork"]
-        facts["child_faults"] = _fault_flags(stats.faults)
-        if failure is not None:
-            facts["handler_failure"] = failure
+            lost = set(facts["parent_wp_pages"]) - set(facts["child_wp_pages"])
+            facts["lost_wp_pages"] = sorted(lost)
     uffd.close()
     region.close()
     return facts
 
 
 def _judge_pinned(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
-    check = _judge_variant(name, facts, ctx.system.pagemap_uffd_wp)
+    check = judge_fork(name, facts, ctx.system.pagemap_uffd_wp)
     check.expect(
         "parent_wp_pages_after_fork", facts["parent_wp_pages_after_fork"], facts["parent_wp_pages"]
     )
