@@ -7,6 +7,7 @@ from . import rwp as _rwp  # noqa: F401
 from . import wp as _wp  # noqa: F401
 from . import wp_cleared as _wp_cleared  # noqa: F401
 from . import wp_fork as _wp_fork  # noqa: F401
+from . import wp_swap as _wp_swap  # noqa: F401
 from .registry import CATALOGUE
 
 __all__ = ["CATALOGUE"]
