@@ -82,17 +82,22 @@ def user_mode_only_efault(ctx: Context) -> Observation:
     uffd = ctx.uffd(ctx.mode_features(RegisterMode.MISSING), user_mode_only=True)
     uffd.register(region, mode=RegisterMode.MISSING)
     check = Checks({"user_mode_only": uffd.user_mode_only})
+    # One pipe each: a write(2) blocked in a fault holds its pipe's lock.
     read_end, write_end = os.pipe()
+    drain, out = os.pipe()
+    calls: list[Background] = []
     try:
         os.write(write_end, PIPE_DATA)
         # Both in threads: a kernel that queued the fault would leave them blocked.
         into = Background(sc.read_into, read_end, region.addr, len(PIPE_DATA))
-        from_page = Background(sc.write_from, write_end, region.page_addr(1), len(PIPE_DATA))
+        from_page = Background(sc.write_from, out, region.page_addr(1), len(PIPE_DATA))
+        calls += [into, from_page]
         for name, call in (("read_into_registered", into), ("write_from_registered", from_page)):
             finished = check.expect(f"{name}_returned", call.finished(FINISH_TIMEOUT), True)
             if finished:
                 check.expect(name, errno_of(call.value), "EFAULT")
-        check.expect("events_after_kernel_accesses", uffd.read_events(timeout=0), [])
+        queued = [_event_facts(event, region) for event in uffd.read_events(timeout=0)]
+        check.expect("events_after_kernel_accesses", queued, [])
         check.expect("pagemap_after_kernel_accesses", region_view(region), ["", ""])
 
         toucher = Background(region.touch, 0)
@@ -113,8 +118,14 @@ def user_mode_only_efault(ctx: Context) -> Observation:
         check.expect("read_into_populated", sc.read_into(read_end, region.addr, 64), 64)
         check.expect("populated_page", _shown(region.read(0, 64)), _shown(PIPE_DATA))
     finally:
-        os.close(read_end)
-        os.close(write_end)
+        # A kernel access still asleep in a fault holds its pipe's lock, which closing the
+        # pipe waits for: closing the uffd first wakes it (userfaultfd_release()).
+        if not all(call.finished(0) for call in calls):
+            uffd.close()
+            for call in calls:
+                call.finished(FINISH_TIMEOUT)
+        for fd in (read_end, write_end, drain, out):
+            os.close(fd)
     return check.observation(
         f"read(2)={check.facts.get('read_into_registered')} "
         f"write(2)={check.facts.get('write_from_registered')}, touch faulted"
@@ -172,14 +183,13 @@ def close_wakes_faults(ctx: Context) -> Observation:
     title="A REMOVE event arriving while a fault is being resolved",
     checks="while a missing fault waits, MADV_DONTNEED/MADV_REMOVE of a range including it "
     "queues UFFD_EVENT_REMOVE and marks the mm changing, so the handler's UFFDIO_COPY fails "
-    "with EAGAIN (mmap_changing, 4.17); once the handler has read the event and the advice "
+    "with EAGAIN (mmap_changing); once the handler has read the event and the advice "
     "has returned, the retried COPY resolves the fault, and the removed pages that held "
     "data fault again as missing",
     memory=ALL_KINDS,
     modes=RegisterMode.MISSING,
     features=Feature.EVENT_REMOVE,
     uses=("drop",),
-    min_kernel="4.17",
 )
 def remove_during_fault(ctx: Context) -> Observation:
     pages = 3  # 0: the faulting page, 1: populated and removed with it, 2: kept
