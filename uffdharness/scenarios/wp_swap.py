@@ -192,8 +192,8 @@ def _judge_fork(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
     known_bug=WP_MREMAP_FIX.showing({"mremap.without_event_remap.wp_pages_after_move": NonEmpty()}),
 )
 def wp_swap(ctx: Context) -> Observation:
+    require_pagemap_uffd_wp(ctx)  # first: a reason naming the release that brought it
     ctx.require_swap()
-    require_pagemap_uffd_wp(ctx)
     check = Checks()
     remap = Checks()
     for event_remap in (False, True):
