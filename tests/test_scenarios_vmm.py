@@ -83,7 +83,7 @@ def _facts(results, scenario_id: str, memory: str) -> dict:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("memory", ["anon", "memfd-private", "hugetlb-private"])
 def test_pinned_private_pages_are_copied_at_fork_with_their_bit(results, memory):
-    facts = _facts(results, "wp-fork-pin", memory)
+    facts = _facts(results, "wp-fork-pin", memory)["pinned_before_fork"]
     with_event, without = facts["with_event_fork"], facts["without_event_fork"]
     if "copied_at_fork" not in with_event:
         pytest.skip("PFNs unreadable: needs CAP_SYS_ADMIN")
@@ -94,9 +94,24 @@ def test_pinned_private_pages_are_copied_at_fork_with_their_bit(results, memory)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("memory", ["anon", "memfd", "hugetlb-private"])
+def test_a_write_pin_in_the_child_faults_on_its_protected_pages(results, memory):
+    facts = _facts(results, "wp-fork-pin", memory)["pinned_in_child"]
+    with_event, without = facts["with_event_fork"], facts["without_event_fork"]
+    assert with_event["child_pin"] == without["child_pin"] == "ok"
+    # the pin's own WP faults (pages 0-1), then the child's write to the rest
+    assert with_event["child_faults"] == [["WRITE", "WP"]] * len(with_event["parent_wp_pages"])
+    assert 0 not in with_event["child_wp_pages_after_pin"]
+    assert without["child_wp_pages_after_pin"] == [] and "child_faults" not in without
+    if "copied_by_pin" in with_event:
+        shared = memory == "memfd"
+        assert with_event["copied_by_pin"] == ([] if shared else [0, 1])
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("memory", ["shmem", "hugetlb"])
 def test_pinned_shared_pages_are_never_copied(results, memory):
-    facts = _facts(results, "wp-fork-pin", memory)
+    facts = _facts(results, "wp-fork-pin", memory)["pinned_before_fork"]
     assert facts["with_event_fork"].get("copied_at_fork", []) == []
 
 
@@ -147,8 +162,9 @@ def test_wp_fork_pin_fails_when_nothing_is_pinned(monkeypatch):
     if result.verdict == "skip":
         pytest.skip(result.reason)
     assert result.verdict == "fail"
-    if "copied_at_fork" in result.facts["with_event_fork"]:
-        assert "with_event_fork.copied_at_fork: [], expected [0, 1]" in result.reason
+    if "copied_at_fork" in result.facts["pinned_before_fork"]["with_event_fork"]:
+        wanted = "pinned_before_fork.with_event_fork.copied_at_fork: [], expected [0, 1]"
+        assert wanted in result.reason
 
 
 @pytest.mark.timeout(60)
@@ -194,14 +210,17 @@ def test_wp_swap_names_a_partial_swap_out(monkeypatch):
 
 def test_known_bugs_match_their_signatures_only():
     pin_bug = CATALOGUE["wp-fork-pin"].known_bug
-    lost = {"with_event_fork": {"lost_wp_pages": [0, 1]}}
+    lost = {"pinned_before_fork": {"with_event_fork": {"lost_wp_pages": [0, 1]}}}
     assert pin_bug.shown_by(lost, "hugetlb-private")
     assert not pin_bug.shown_by(lost, "anon")  # the anon fix (5.13) predates pagemap's bit
-    assert not pin_bug.shown_by({"with_event_fork": {"lost_wp_pages": []}}, "hugetlb-private")
+    kept = {"pinned_in_child": {"without_event_fork": {"child_wp_pages_after_pin": [0]}}}
+    assert pin_bug.shown_by(kept, "hugetlb-private")
+    fixed = {"pinned_before_fork": {"with_event_fork": {"lost_wp_pages": []}}}
+    assert not pin_bug.shown_by(fixed, "hugetlb-private")
     swap_bug = CATALOGUE["wp-swap"].known_bug
     assert swap_bug.fix == WP_MREMAP_FIX.fix
-    kept = {"mremap": {"without_event_remap": {"wp_pages_after_move": [0, 1]}}}
-    assert swap_bug.shown_by(kept, "anon")
+    moved = {"mremap": {"without_event_remap": {"wp_pages_after_move": [0, 1]}}}
+    assert swap_bug.shown_by(moved, "anon")
     assert not swap_bug.shown_by({"mremap": {"with_event_remap": {}}}, "anon")
 
 

@@ -25,7 +25,7 @@ from ..pagemap import read_entries, region_view, wp_pages
 from ..pin import LongTermPin
 from ..pin import unavailable_reason as pin_unavailable_reason
 from ..uffd import Userfaultfd
-from .checks import Checks
+from .checks import Checks, errno_of
 from .context import Background, Context
 from .model import KnownBug, NonEmpty, Observation, Skip
 from .registry import scenario
@@ -307,13 +307,33 @@ def _inspect_pinned_child(region: Region) -> dict[str, Any]:
     return facts
 
 
-def _pinned_fork_variant(ctx: Context, event_fork: bool) -> dict[str, Any]:
-    """Populate all but the last page, pin them long-term, protect the range, fork, and
-    report what the child got. A pinned anonymous page of a private mapping may be written
-    through the pin behind the kernel's back, so fork() cannot share it copy-on-write: it
-    copies it for the child at once (copy_present_page(), page_needs_cow_for_dma()), and
-    that copy must carry the uffd-wp bit exactly when the child's VMA stays registered
-    ("mm/userfaultfd: fix uffd-wp special cases for fork()", 5.13; hugetlb 6.4)."""
+def _pin_in_child(region: Region) -> dict[str, Any]:
+    """Runs in the forked child: pin the populated pages it shares with the parent, then
+    inspect as _inspect_pinned_child does. io_uring pins FOLL_WRITE: a write fault taken by
+    the kernel (GUP), which unshares each copy-on-write page and, on a page still
+    write-protected in a registered VMA, first raises a WP fault on the child's uffd. In
+    a thread: a pin nobody resolves must not keep the child from reporting."""
+    pfns = _pfns(region)
+    pinner = Background(LongTermPin, *region.span(0, region.pages - 1))
+    facts: dict[str, Any] = {"pin_finished": pinner.finished(EVENT_TIMEOUT)}
+    if facts["pin_finished"]:
+        facts["pin"] = errno_of(pinner.value, 0)
+    facts["pfns_after_pin"] = _pfns(region)
+    facts["wp_pages_after_pin"] = wp_pages(region)
+    facts.update(_inspect_pinned_child(region))
+    facts["pfns"] = pfns
+    return facts
+
+
+def _pinned_fork_variant(ctx: Context, event_fork: bool, pin_in_child: bool) -> dict[str, Any]:
+    """Populate all but the last page, protect the range, fork, and report what the child
+    got; the populated pages pinned long-term before the fork, or by the child after it.
+
+    A pinned anonymous page of a private mapping may be written through the pin behind
+    the kernel's back, so fork() cannot share it copy-on-write: it copies it for the child
+    at once (copy_present_page(), page_needs_cow_for_dma()), and that copy must carry the
+    uffd-wp bit exactly when the child's VMA stays registered ("mm/userfaultfd: fix uffd-wp
+    special cases for fork()", 5.13; hugetlb 6.4)."""
     pages = 3
     populated = pages - 1
     region = ctx.region(pages)
@@ -327,25 +347,36 @@ def _pinned_fork_variant(ctx: Context, event_fork: bool) -> dict[str, Any]:
             region.fill_indexed(SEED, 0, populated)
             # Pinned before the protection: io_uring pins FOLL_WRITE, and a write pin of a
             # write-protected page would raise a (kernel-mode) WP fault.
-            try:
-                pins.enter_context(LongTermPin(*region.span(0, populated)))
-            except UffdError as exc:
-                raise _pin_refused(exc, ctx) from None
+            if not pin_in_child:
+                try:
+                    pins.enter_context(LongTermPin(*region.span(0, populated)))
+                except UffdError as exc:
+                    raise _pin_refused(exc, ctx) from None
             uffd.register(region, mode=RegisterMode.WP)
             uffd.writeprotect(region)
             parent_pfns.extend(_pfns(region))
             return {"pinned_pages": list(range(populated))}
 
-        facts = fork_and_inspect(region, uffd, event_fork, protect, _inspect_pinned_child)
+        inspect = _pin_in_child if pin_in_child else _inspect_pinned_child
+        facts = fork_and_inspect(region, uffd, event_fork, protect, inspect)
         # The populated pages only: an unregister (the handler's stop) clears a marker.
         facts["parent_pfns_kept"] = _pfns(region)[:populated] == parent_pfns[:populated]
     if facts["child"] == "ok":
-        child_pfns = facts.pop("child_pfns")
-        if all(parent_pfns[:populated]) and all(child_pfns[:populated]):  # readable as root
-            facts["copied_at_fork"] = [
-                page for page in range(populated) if child_pfns[page] != parent_pfns[page]
-            ]
-        if event_fork:
+
+        def copied(child_pfns: list[int]) -> list[int] | None:
+            """The populated pages whose frame the child does not share (root only)."""
+            if not (all(parent_pfns[:populated]) and all(child_pfns[:populated])):
+                return None
+            return [page for page in range(populated) if child_pfns[page] != parent_pfns[page]]
+
+        at_fork = copied(facts.pop("child_pfns"))
+        if at_fork is not None:
+            facts["copied_at_fork"] = at_fork
+        if pin_in_child:
+            by_pin = copied(facts.pop("child_pfns_after_pin"))
+            if by_pin is not None:
+                facts["copied_by_pin"] = by_pin
+        elif event_fork:
             lost = set(facts["parent_wp_pages"]) - set(facts["child_wp_pages"])
             facts["lost_wp_pages"] = sorted(lost)
     uffd.close()
@@ -353,7 +384,7 @@ def _pinned_fork_variant(ctx: Context, event_fork: bool) -> dict[str, Any]:
     return facts
 
 
-def _judge_pinned(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
+def _judge_pinned_before_fork(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
     check = judge_fork(name, facts, ctx.system.pagemap_uffd_wp)
     check.expect(
         "parent_wp_pages_after_fork", facts["parent_wp_pages_after_fork"], facts["parent_wp_pages"]
@@ -370,19 +401,65 @@ def _judge_pinned(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
     return check
 
 
+def _judge_pinned_in_child(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
+    check = Checks(facts)
+    check.expect(
+        "parent_wp_pages_after_fork", facts["parent_wp_pages_after_fork"], facts["parent_wp_pages"]
+    )
+    check.expect("parent_pfns_kept", facts["parent_pfns_kept"], True)
+    if not check.expect("child", facts["child"], "ok"):
+        for detail in ("child_signal", "child_error"):
+            if detail in facts:
+                check.expect(detail, facts[detail], None)
+        return check
+    registered = name not in UNREGISTERED_VARIANTS
+    check.expect("child_pin_finished", facts["child_pin_finished"], True)
+    check.expect("child_pin", facts.get("child_pin"), "ok")
+    # The pin's write faults unprotected the pages it pinned (with EVENT_FORK); what is
+    # left protected is the page nobody populated (a marker on file memory).
+    pinned = set(facts["pinned_pages"])
+    left = [page for page in facts["parent_wp_pages"] if page not in pinned]
+    check.expect(
+        "child_wp_pages_after_pin", facts["child_wp_pages_after_pin"], left if registered else []
+    )
+    check.expect("child_vm_flags", facts["child_vm_flags"], ["uw"] if registered else [])
+    check.expect("child_write_finished", facts["child_write_finished"], True)
+    check.expect("child_data_intact", facts["child_data_intact"], True)
+    check.expect("child_wp_pages_after_write", facts["child_wp_pages_after_write"], [])
+    if "copied_at_fork" in facts:  # nothing was pinned at fork: every page shared
+        check.expect("copied_at_fork", facts["copied_at_fork"], [])
+    if "copied_by_pin" in facts:  # a write pin unshares each private page
+        copied = facts["pinned_pages"] if not ctx.spec.shared else []
+        check.expect("copied_by_pin", facts["copied_by_pin"], copied)
+    if registered:
+        check.expect("fork_events", facts["fork_events"], 1)
+        # One WP|WRITE per protected page: the pin's for the populated pages, the
+        # child's write for the rest.
+        wanted = [flag_names(WP_WRITE)] * len(facts["parent_wp_pages"])
+        check.expect("child_faults", facts["child_faults"], wanted)
+        if "handler_failure" in facts:
+            check.expect("handler_failure", facts["handler_failure"], None)
+    return check
+
+
 @scenario(
     id="wp-fork-pin",
     title="uffd-wp state across fork() of long-term-pinned pages",
     checks="fork() copies a long-term-pinned (io_uring fixed buffer) private anonymous page "
     "for the child at once (early CoW, copy_present_page()); the copy carries the uffd-wp "
-    "bit with EVENT_FORK, so the child's write faults on its uffd, and not without it "
-    "('mm/userfaultfd: fix uffd-wp special cases for fork()', 5.13; private hugetlb: "
-    "'mm/hugetlb: fix uffd-wp during fork()', 6.4)",
+    "bit with EVENT_FORK, so the child's write faults on its uffd, and not without it; "
+    "a write pin the child takes after fork() unshares its pages and, with EVENT_FORK, "
+    "first raises a WP fault for each ('mm/userfaultfd: fix uffd-wp special cases for "
+    "fork()', 5.13; private hugetlb: 'mm/hugetlb: fix uffd-wp during fork()', 6.4)",
     memory=("anon", "shmem", "memfd", "memfd-private", "hugetlb", "hugetlb-private"),
     modes=RegisterMode.WP,
     features=Feature.EVENT_FORK,
+    kernel_faults="the child's io_uring pin (GUP, FOLL_WRITE) of write-protected pages",
     hugepages=8,
-    known_bug=HUGETLB_PIN_FORK_FIX.showing({"with_event_fork.lost_wp_pages": NonEmpty()}),
+    known_bug=HUGETLB_PIN_FORK_FIX.showing(
+        {"pinned_before_fork.with_event_fork.lost_wp_pages": NonEmpty()},
+        {"pinned_in_child.without_event_fork.child_wp_pages_after_pin": NonEmpty()},
+    ),
 )
 def wp_fork_pin(ctx: Context) -> Observation:
     # The copy's bit is what is judged; before 5.14 pagemap cannot show it.
@@ -390,16 +467,18 @@ def wp_fork_pin(ctx: Context) -> Observation:
     unavailable = pin_unavailable_reason()
     if unavailable:
         raise Skip(unavailable)
-    variants = {
-        "without_event_fork": _pinned_fork_variant(ctx, False),
-        "with_event_fork": _pinned_fork_variant(ctx, True),
-    }
     check = Checks()
-    for name, facts in variants.items():
-        check.nest(name, _judge_pinned(ctx, name, facts))
-    parts = [
-        f"{name.replace('_event_fork', '')}: copied={facts.get('copied_at_fork')} "
-        f"wp={facts.get('child_wp_pages')}"
-        for name, facts in variants.items()
-    ]
-    return check.observation("child " + "; ".join(parts))
+    summary = []
+    for pin_in_child, judge in ((False, _judge_pinned_before_fork), (True, _judge_pinned_in_child)):
+        part = Checks()
+        for event_fork in (False, True):
+            name = "with_event_fork" if event_fork else "without_event_fork"
+            facts = _pinned_fork_variant(ctx, event_fork, pin_in_child)
+            part.nest(name, judge(ctx, name, facts))
+            copied = facts.get("copied_by_pin" if pin_in_child else "copied_at_fork")
+            summary.append(f"{name.replace('_event_fork', '')}: copied={copied}")
+        stage = "pinned_in_child" if pin_in_child else "pinned_before_fork"
+        check.nest(stage, part)
+    return check.observation(
+        f"before fork {'; '.join(summary[:2])} | in child {'; '.join(summary[2:])}"
+    )
