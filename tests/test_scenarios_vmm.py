@@ -12,7 +12,7 @@ import os
 import pytest
 from conftest import open_fds
 
-from uffdharness import pin, system
+from uffdharness import hugepages, pin, system
 from uffdharness.errors import UffdError
 from uffdharness.memory import Reservation, allocate
 from uffdharness.runner import run, select
@@ -251,3 +251,18 @@ def test_long_term_pin_owns_its_ring_and_refuses_an_unmapped_buffer():
         assert refused.value.op == "IORING_REGISTER_BUFFERS"
         assert refused.value.errno_name == "EFAULT"
     assert open_fds() == before
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.requires_hugepages(1)
+def test_closing_a_pin_gives_its_hugepage_back_at_once():
+    """The ring's own teardown unpins later (io_ring_exit_work): close() unregisters the
+    buffer first, so the page is free the moment the mapping goes."""
+    if pin.unavailable_reason():
+        pytest.skip(pin.unavailable_reason())
+    free_before = hugepages.free_pages()
+    with allocate("hugetlb-private", 1) as region:
+        region.fill(b"p")
+        with pin.LongTermPin(region.addr, region.length):
+            assert hugepages.free_pages() == free_before - 1
+    assert hugepages.free_pages() == free_before

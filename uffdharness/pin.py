@@ -68,5 +68,16 @@ class LongTermPin(OwnedFd):
         try:
             sc.io_uring_register_buffer(self._fd, addr, length)
         except BaseException:
-            self.close()
+            super().close()
             raise
+
+    def close(self) -> None:
+        """Unpin, then close the ring. Closing alone drops the pins only when the ring's
+        deferred teardown (io_ring_exit_work) runs, later: the pages (a hugetlb pool's
+        among them) would stay taken past close()."""
+        if self._fd >= 0:
+            try:
+                sc.io_uring_unregister_buffers(self._fd)
+            except UffdError:
+                pass  # nothing registered; closing the ring is all there is to do
+        super().close()

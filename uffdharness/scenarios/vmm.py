@@ -271,6 +271,7 @@ def _replace_variant(ctx: Context, event_unmap: bool) -> dict[str, Any]:
         uffd.copy(region.page_addr(1), source.addr, region.page_size)
     facts["toucher_woken"] = toucher.finished(FINISH_TIMEOUT)
     uffd.close()
+    region.close()  # its hugepages go back to the pool before the next variant
     return facts
 
 

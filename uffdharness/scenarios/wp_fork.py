@@ -322,6 +322,8 @@ def _pin_in_child(region: Region) -> dict[str, Any]:
     facts["wp_pages_after_pin"] = wp_pages(region)
     facts.update(_inspect_pinned_child(region))
     facts["pfns"] = pfns
+    if facts.get("pin") == "ok":
+        pinner.value(0).close()  # at once: the ring's own teardown would unpin later
     return facts
 
 
