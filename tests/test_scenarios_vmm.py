@@ -99,6 +99,8 @@ def test_a_write_pin_in_the_child_faults_on_its_protected_pages(results, memory)
     facts = _facts(results, "wp-fork-pin", memory)["pinned_in_child"]
     with_event, without = facts["with_event_fork"], facts["without_event_fork"]
     assert with_event["child_pin"] == without["child_pin"] == "ok"
+    assert with_event["child_wp_pages_at_fork"] == with_event["parent_wp_pages"]
+    assert without["child_wp_pages_at_fork"] == []
     # the pin's own WP faults (pages 0-1), then the child's write to the rest
     assert with_event["child_faults"] == [["WRITE", "WP"]] * len(with_event["parent_wp_pages"])
     assert 0 not in with_event["child_wp_pages_after_pin"]
@@ -213,7 +215,7 @@ def test_known_bugs_match_their_signatures_only():
     lost = {"pinned_before_fork": {"with_event_fork": {"lost_wp_pages": [0, 1]}}}
     assert pin_bug.shown_by(lost, "hugetlb-private")
     assert not pin_bug.shown_by(lost, "anon")  # the anon fix (5.13) predates pagemap's bit
-    kept = {"pinned_in_child": {"without_event_fork": {"child_wp_pages_after_pin": [0]}}}
+    kept = {"pinned_in_child": {"without_event_fork": {"child_wp_pages_at_fork": [0]}}}
     assert pin_bug.shown_by(kept, "hugetlb-private")
     fixed = {"pinned_before_fork": {"with_event_fork": {"lost_wp_pages": []}}}
     assert not pin_bug.shown_by(fixed, "hugetlb-private")
