@@ -1,4 +1,5 @@
-"""mmap, munmap, mremap, madvise, mprotect, fallocate: raise UffdError instead of returning -1."""
+"""mmap, munmap, mremap, madvise, mprotect, fallocate, read, write and the io_uring calls that
+pin pages: raise UffdError instead of returning -1."""
 
 from __future__ import annotations
 
@@ -94,3 +95,42 @@ def fork_and_exit(exit_code: int = 0) -> int:
     if pid < 0:
         raise UffdError(-pid, "fork")
     return pid
+
+
+def read_into(fd: int, addr: int, length: int) -> int:
+    """read(2) from ``fd`` into [addr, addr + length): bytes read. The kernel's own
+    copy_to_user() is the access, so on registered memory the fault is a kernel-mode one
+    (EFAULT on a UFFD_USER_MODE_ONLY uffd). cffi releases the GIL for the call."""
+    done = lib.read(fd, _ptr(addr), length)
+    if done < 0:
+        raise UffdError(ffi.errno, "read", addr, length)
+    return done
+
+
+def write_from(fd: int, addr: int, length: int) -> int:
+    """write(2) of [addr, addr + length) to ``fd``: bytes written (the kernel reads it)."""
+    done = lib.write(fd, _ptr(addr), length)
+    if done < 0:
+        raise UffdError(ffi.errno, "write", addr, length)
+    return done
+
+
+def io_uring_setup(entries: int = 1) -> int:
+    """io_uring_setup(2) with default parameters: the ring's fd (O_CLOEXEC)."""
+    fd = lib.uh_io_uring_setup(entries)
+    if fd < 0:
+        raise UffdError(-fd, "io_uring_setup")
+    return fd
+
+
+def io_uring_register_buffer(ring_fd: int, addr: int, length: int) -> None:
+    """IORING_REGISTER_BUFFERS of one buffer: pins its pages FOLL_WRITE | FOLL_LONGTERM."""
+    rc = lib.uh_io_uring_register_buffer(ring_fd, _ptr(addr), length)
+    if rc < 0:
+        raise UffdError(-rc, "IORING_REGISTER_BUFFERS", addr, length)
+
+
+def io_uring_unregister_buffers(ring_fd: int) -> None:
+    rc = lib.uh_io_uring_unregister_buffers(ring_fd)
+    if rc < 0:
+        raise UffdError(-rc, "IORING_UNREGISTER_BUFFERS")

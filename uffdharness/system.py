@@ -277,6 +277,16 @@ def kernel_warned() -> bool:
         return bool(int(tainted.read()) & (1 << 9))
 
 
+def swap_total_kb() -> int:
+    """SwapTotal from /proc/meminfo: 0 when no swap device is on (MADV_PAGEOUT then
+    cannot swap anything out). Read at each call: swap can be switched on at run time."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("SwapTotal:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _dev_node() -> str:
     """/dev/userfaultfd's mode and owner, for a refusal."""
     try:

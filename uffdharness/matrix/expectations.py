@@ -102,7 +102,8 @@ class Violation:
 _UFFD_MERGE = "'mm/uffd: allow vma to merge as much as possible' (6.4), not in Debian's 6.1"
 _RWP = (
     "7.3 added read-write protection (CONFIG_USERFAULTFD_RWP, def_bool y on x86-64); "
-    "rwp-swap is left out: it needs swap, which guests lack"
+    "rwp-swap is left out: it needs swap, which the guests have (zram) but a host column "
+    "may lack"
 )
 
 EXPECTATIONS: tuple[Expectation, ...] = (

@@ -1,8 +1,10 @@
 """Build the small initramfs that mounts the host's root over virtio-9p and runs one job.
 
 Contents: a static busybox with the applets /init uses, the 9p/virtio modules the kernel
-does not have built in (decompressed, in load order), and /init. Built once per kernel and
-cached beside it, named by a hash of everything that goes in.
+does not have built in (decompressed, in load order), zram where the kernel has it, and
+/init. Built once per kernel and cached beside it, named by a hash of everything that goes
+in. /init gives the guest a swap device on zram, so the scenarios that swap pages out
+(MADV_PAGEOUT) run there; a kernel without zram boots as before, without swap.
 
 The guest side of the protocol with guest.py (the results share is mounted at JOB_DIR):
     JOB_DIR/job.sh     written by the host; run as `chroot /newroot /bin/sh JOB_DIR/job.sh`
@@ -28,6 +30,12 @@ END_MARKER = "UFFDHARNESS-JOB-END"
 # virtio_pci finds the PCI transport, 9pnet_virtio the 9p channels on it, 9p the file
 # system; netfs, fscache, virtio_ring etc. follow from modules.dep.
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+# zram, with zsmalloc where that is a module (5.10, 6.1) and the lz4 library its default
+# compressor needs from 6.12 on, all from modules.dep. Loaded when the kernel has it.
+OPTIONAL_MODULES = ("zram",)
+SWAP_DEVICE = "zram0"  # the one device zram creates by default (num_devices=1)
+# Room for what a scenario swaps out (a few pages); zram allocates only what it stores.
+SWAP_DISKSIZE = "64M"
 APPLETS = (
     "sh",
     "mount",
@@ -41,6 +49,8 @@ APPLETS = (
     "poweroff",
     "sleep",
     "ls",
+    "mkswap",
+    "swapon",
 )
 # cache=loose: the root share is read-only and nothing else changes it while the guest
 # runs a job, so the guest may cache data and metadata; measured faster than cache=none.
@@ -60,6 +70,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 {inserts}
+swap_on() {{
+    [ -e /sys/block/{SWAP_DEVICE}/disksize ] || return 1
+    echo {SWAP_DISKSIZE} > /sys/block/{SWAP_DEVICE}/disksize || return 1
+    mkswap /dev/{SWAP_DEVICE} >/dev/null || return 1
+    swapon /dev/{SWAP_DEVICE}
+}}
+swap_on || echo "uffdharness-init: no swap (no zram device)"
 fail() {{
     echo "uffdharness-init: $*"
     echo "{END_MARKER} rc=init-failed"
@@ -117,8 +134,10 @@ def build(kernel: KernelImage, busybox: Path) -> bytes:
 
 def _module_order(kernel: KernelImage) -> list[modules.ModuleEntry]:
     if kernel.modules_dir is None:
-        return []  # a kernel given without modules: assume 9p and virtio are built in
-    return modules.load_order(modules.load_index(kernel.modules_dir), list(WANTED_MODULES))
+        return []  # a kernel given without modules: assume 9p, virtio and zram are built in
+    index = modules.load_index(kernel.modules_dir)
+    optional = [name for name in OPTIONAL_MODULES if modules.available(index, name)]
+    return modules.load_order(index, [*WANTED_MODULES, *optional])
 
 
 def _fingerprint(kernel: KernelImage, busybox: Path) -> str:

@@ -99,6 +99,15 @@ def load_order(index: ModuleIndex, wanted: list[str]) -> list[ModuleEntry]:
     return ordered
 
 
+def available(index: ModuleIndex, name: str) -> bool:
+    """Whether ``name`` is built in, or a module whose dependencies all resolve."""
+    try:
+        load_order(index, [name])
+    except MissingModules:
+        return False
+    return True
+
+
 def read_module(modules_dir: Path, entry: ModuleEntry) -> bytes:
     """The module's ELF bytes, decompressed: busybox insmod may not read .ko.xz/.ko.zst."""
     data = (modules_dir / entry.path).read_bytes()

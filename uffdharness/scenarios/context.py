@@ -18,7 +18,7 @@ from ..errors import HarnessError
 from ..events import Event
 from ..kernelversion import KernelVersion
 from ..memory import KindSpec, MemoryKind, Region, allocate
-from ..system import SystemFacts
+from ..system import SystemFacts, swap_total_kb
 from ..uffd import Userfaultfd
 from .model import Skip, capability_reason, missing_features, missing_features_reason
 
@@ -55,6 +55,11 @@ class Context:
         missing = missing_features(features, self.offered)
         if missing:
             raise Skip(missing_features_reason(missing))
+
+    def require_swap(self) -> None:
+        """Skip unless a swap device is on: MADV_PAGEOUT then leaves swap entries."""
+        if swap_total_kb() == 0:
+            raise Skip("no swap: SwapTotal is 0 in /proc/meminfo, MADV_PAGEOUT cannot swap out")
 
     def mode_features(self, modes: RegisterMode) -> Feature:
         """Features ``modes`` need on this memory kind. The scenario must have declared

@@ -337,14 +337,6 @@ def rwp_lifetime(ctx: Context) -> Observation:
 # --- rwp-swap --------------------------------------------------------------------------------
 
 
-def _swap_total_kb() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("SwapTotal:"):
-                return int(line.split()[1])
-    return 0
-
-
 @scenario(
     id="rwp-swap",
     title="Read-write protection survives swap-out",
@@ -355,8 +347,7 @@ def _swap_total_kb() -> int:
     modes=RegisterMode.RWP,
 )
 def rwp_swap(ctx: Context) -> Observation:
-    if _swap_total_kb() == 0:
-        raise Skip("needs swap: SwapTotal is 0 in /proc/meminfo, MADV_PAGEOUT cannot swap")
+    ctx.require_swap()
     pages = 2
     region = ctx.region(pages)
     region.fill_indexed(SEED)

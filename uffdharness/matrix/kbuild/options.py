@@ -70,6 +70,13 @@ GROUPS: tuple[Group, ...] = (
             Option("ADVISE_SYSCALLS", "madvise(2): MADV_DONTNEED, MADV_PAGEOUT, MADV_REMOVE"),
             Option("BLOCK", "the block layer, which SWAP needs"),
             Option("SWAP", "MADV_PAGEOUT of anonymous memory, rwp-swap"),
+            Option("ZRAM", "/dev/zram0, the guest's swap device (wp-swap, rwp-swap)"),
+            Option(
+                "ZSMALLOC",
+                "zsmalloc, zram's allocator: older kernels make ZRAM depend on it, newer select it",
+            ),
+            Option("CRYPTO", "the crypto API, zram's compressors before 6.12"),
+            Option("CRYPTO_LZO", "lzo-rle, zram's default compressor before 6.12"),
             Option("PROC_PAGE_MONITOR", "/proc/PID/smaps, pagemap and PAGEMAP_SCAN"),
             Option("PROC_FS", "/proc"),
             Option("SYSFS", "/sys: THP modes, hugepage pools"),
