@@ -30,7 +30,7 @@ SCENARIOS = (
 
 # Reasons a scenario may legitimately skip on some machine (missing feature, old kernel,
 # no hugepages); anything else must pass on a fixed kernel.
-SKIP_REASONS = re.compile(r"kernel lacks|needs kernel >=|hugepages|not supported on")
+SKIP_REASONS = re.compile(r"kernel lacks|needs kernel >=|hugepages|not supported on|THP")
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,11 @@ def facts(results, scenario: str, memory: str) -> dict:
 
 def test_every_pair_passes_or_skips_for_a_stated_reason(results):
     expected = {
-        "wp-basic": {"anon", "shmem", "memfd", "hugetlb", "hugetlb-private"},
+        "wp-basic": {"anon", "shmem", "memfd", "memfd-private", "hugetlb", "hugetlb-private"}
+        | {"anon-thp", "shmem-thp"},
         "wp-shmem-survives-zap": {"shmem", "memfd", "hugetlb"},
         "wp-unpopulated": {"anon"},
-        "wp-fork": {"anon", "shmem", "memfd", "hugetlb"},
+        "wp-fork": {"anon", "shmem", "memfd", "memfd-private", "hugetlb"},
         "wp-fork-hugetlb-private": {"hugetlb-private"},
         "move": {"anon"},
         "per-vma-lock-race": {"anon", "shmem"},

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 
-from .pagemap import PAGEMAP_PAGE, Pagemap
+from .pagemap import PAGEMAP_PAGE, PFN_MASK, Pagemap, PagemapFlag
 
 KPAGEFLAGS = "/proc/kpageflags"
 KPF_COMPOUND_HEAD = 1 << 15
 KPF_COMPOUND_TAIL = 1 << 16
 KPF_THP = 1 << 22
+_PRESENT = int(PagemapFlag.PRESENT)
 
 
 def readable() -> bool:
@@ -23,11 +24,24 @@ def readable() -> bool:
 
 
 def frame_flags(pfns: list[int]) -> list[int]:
+    """The flags of each frame, read with one pread per run of consecutive PFNs (a THP's
+    512 frames are one read)."""
+    flags: list[int] = []
     fd = os.open(KPAGEFLAGS, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return [int.from_bytes(os.pread(fd, 8, pfn * 8), "little") for pfn in pfns]
+        start = 0
+        while start < len(pfns):
+            end = start + 1
+            while end < len(pfns) and pfns[end] == pfns[end - 1] + 1:
+                end += 1
+            data = os.pread(fd, 8 * (end - start), pfns[start] * 8)
+            if len(data) != 8 * (end - start):
+                raise OSError(f"short read of {KPAGEFLAGS} at PFN {pfns[start]:#x}")
+            flags.extend(int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8))
+            start = end
     finally:
         os.close(fd)
+    return flags
 
 
 def folio_sizes(addr: int, length: int) -> list[int]:
@@ -35,10 +49,10 @@ def folio_sizes(addr: int, length: int) -> list[int]:
     of physically contiguous frames starting at a COMPOUND_HEAD and continuing in TAILs
     counts as one folio; a small page is one PAGEMAP_PAGE; an unmapped page counts 0."""
     with Pagemap() as pagemap:
-        entries = pagemap.entries(addr, length)
-    pfns = [entry.pfn if entry.present else 0 for entry in entries]
-    flags = frame_flags([pfn for pfn in pfns if pfn])
-    by_pfn = dict(zip([pfn for pfn in pfns if pfn], flags, strict=True))
+        entries = pagemap.raw(addr, length)
+    pfns = [entry & PFN_MASK if entry & _PRESENT else 0 for entry in entries]
+    mapped = [pfn for pfn in pfns if pfn]
+    by_pfn = dict(zip(mapped, frame_flags(mapped), strict=True))
     sizes: list[int] = []
     previous = -2
     for pfn in pfns:

@@ -10,7 +10,9 @@ or CONFIG_HIGHPTE to show, so no known bug is encoded here.
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from .. import syscalls as sc
@@ -19,12 +21,14 @@ from ..errors import UffdError
 from ..events import PagefaultEvent
 from ..maps import read_smaps_range
 from ..memory import PAGE_SIZE, MemoryKind, Region, Reservation, pmd_size
-from ..pagemap import Pagemap
+from ..pagemap import Pagemap, PagemapFlag
 from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Background, Context, next_event
+from .huge import first_touch_thps, folio_runs, pmd_mapped_bytes
 from .model import Observation
 from .registry import scenario
+from .wp import EVENT_TIMEOUT, FINISH_TIMEOUT, pages_for
 
 SEED = 0x30E
 PAGES = 8
@@ -265,3 +269,202 @@ def move(ctx: Context) -> Observation:
         f"holes allowed={errors['allow_src_holes']['result']}"
     )
     return check.observation(key=key)
+
+
+# --- move-volume, move-pmd-split --------------------------------------------------------------
+
+
+def _serve_moves(
+    uffd: Userfaultfd, dst: Region, src: Region, toucher: Background, limit: int
+) -> dict[str, Any]:
+    """Resolve each missing fault of ``toucher`` with a UFFDIO_MOVE of the source page at
+    the same offset (a page of ``dst``'s size: a PMD on the THP kinds), until it finishes
+    or ``limit`` faults were served."""
+    kinds: set[str] = set()
+    faults, moved = 0, 0
+    failures: list[dict[str, Any]] = []
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while faults < limit and not toucher.finished(0) and time.monotonic() < deadline:
+        event = next_event(uffd, timeout=0.02)
+        if not isinstance(event, PagefaultEvent):
+            continue
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        faults += 1
+        kinds.add(event.fault_kind)
+        offset = dst.page_index(event.address) * dst.page_size
+        outcome = _attempt(partial(uffd.move, dst.addr + offset, src.addr + offset, dst.page_size))
+        if outcome["result"] == "ok":
+            moved += outcome["bytes"]
+        else:
+            failures.append({"page": offset // dst.page_size, **outcome})
+    return {"faults": faults, "fault_kinds": sorted(kinds), "bytes": moved, "failures": failures}
+
+
+def _populate_source(ctx: Context, src: Region) -> dict[str, Any]:
+    """Fill ``src`` with fill_indexed(SEED) by its first touch (THPs on a PMD-THP kind)."""
+    if ctx.spec.thp != "pmd":
+        src.fill_indexed(SEED)
+        return {"pmd_mapped_bytes": pmd_mapped_bytes(src.addr, src.length)}
+    return first_touch_thps(src, ctx.spec.family, lambda: src.fill_indexed(SEED))
+
+
+def _present_pages(addr: int, length: int) -> int:
+    present = int(PagemapFlag.PRESENT)
+    with Pagemap() as pagemap:
+        return sum(1 for entry in pagemap.raw(addr, length) if entry & present)
+
+
+@scenario(
+    id="move-volume",
+    title="Missing faults served by UFFDIO_MOVE, in volume",
+    checks="a toucher's missing faults over 16 PMDs of THPs (256 small pages on anon) are "
+    "each resolved by a UFFDIO_MOVE (6.8) of the source page at the same offset: the data "
+    "arrives intact, the source is left empty, and a PMD-aligned move of a PMD-mapped THP "
+    "moves the PMD (move_pages_huge_pmd()), so the destination holds the same THPs",
+    memory=("anon", "anon-thp"),
+    modes=RegisterMode.MISSING,
+    features=Feature.MOVE,
+    min_kernel="6.8",
+)
+def move_volume(ctx: Context) -> Observation:
+    pages = pages_for(ctx, 256, 16)
+    uffd = ctx.uffd(Feature.MOVE | ctx.mode_features(RegisterMode.MISSING))
+    src = ctx.region(pages)
+    check = Checks({"pages": pages, "page_size": src.page_size})
+    source = _populate_source(ctx, src)
+    source["folios"] = folio_runs(src.addr, src.length)
+    check.fact("source", source)
+    if ctx.spec.thp == "pmd":
+        check.expect("source_pmd_mapped_bytes", source["pmd_mapped_bytes"], src.length)
+    dst = ctx.region(pages)
+    uffd.register(dst, mode=RegisterMode.MISSING)
+    toucher = Background(dst.touch)
+    served = _serve_moves(uffd, dst, src, toucher, pages)
+    finished = toucher.finished(FINISH_TIMEOUT)
+    check.expect_fields(
+        "served",
+        served,
+        {"faults": pages, "fault_kinds": ["missing"], "bytes": dst.length, "failures": []},
+    )
+    check.expect("toucher_finished", finished, True)
+    # Read dst only when the toucher got through: a page still missing would block.
+    check.expect("data_intact", finished and dst.find_indexed_mismatch(SEED) is None, True)
+    check.expect(
+        "dst_pmd_mapped_bytes",
+        pmd_mapped_bytes(dst.addr, dst.length),
+        source["pmd_mapped_bytes"],
+    )
+    if source["folios"] is not None:
+        check.expect("dst_folios", folio_runs(dst.addr, dst.length), source["folios"])
+    check.expect("src_present_pages", _present_pages(src.addr, src.length), 0)
+    return check.observation(
+        f"{served['faults']} faults moved {served['bytes'] >> 10} KiB, "
+        f"dst PMD-mapped {check.facts['dst_pmd_mapped_bytes'] >> 20} MiB, "
+        f"data={'ok' if check.facts['data_intact'] else 'BAD'}"
+    )
+
+
+def _split_into_nohugepage(
+    ctx: Context, uffd: Userfaultfd, src: Region, pmds: int
+) -> dict[str, Any]:
+    """The selftests' move-pmd-split: the faults of a MADV_NOHUGEPAGE destination come
+    from do_anonymous_page(), which has allocated a page table first; the dst PMD is then
+    not none, so move_pages() splits the source PMD and move_pages_ptes() splits the
+    folio and moves its PTEs."""
+    dst = ctx.region(pmds)
+    dst.madvise(sc.MADV_NOHUGEPAGE)
+    uffd.register(dst, mode=RegisterMode.MISSING)
+    toucher = Background(dst.touch)
+    served = _serve_moves(uffd, dst, src, toucher, pmds)
+    finished = toucher.finished(FINISH_TIMEOUT)
+    (vma,) = read_smaps_range(dst.addr, dst.end)
+    return {
+        "dst_nohugepage": "nh" in vma.vm_flags,
+        "served": served,
+        "toucher_finished": finished,
+        "data_intact": finished and dst.find_indexed_mismatch(SEED, 0, pmds) is None,
+        "dst_pmd_mapped_bytes": pmd_mapped_bytes(dst.addr, dst.length),
+        "dst_folios": folio_runs(dst.addr, dst.length),
+        "src_present_pages": _present_pages(src.addr, pmds * src.page_size),
+    }
+
+
+def _split_into_unaligned(
+    ctx: Context, uffd: Userfaultfd, src: Region, page: int
+) -> dict[str, Any]:
+    """One PMD of THP moved to a destination one small page past a PMD boundary:
+    move_splits_huge_pmd() holds, so the source PMD is split and its PTEs are moved."""
+    size = src.page_size
+    expected = src.read(page * size, size)
+    room = ctx.region(2)
+    uffd.register(room, mode=RegisterMode.MISSING)
+    dst = room.addr + PAGE_SIZE
+    moved = _attempt(lambda: uffd.move(dst, src.addr + page * size, size))
+    present = _present_pages(dst, size)
+    return {
+        "move": moved,
+        "dst_present_pages": present,
+        # Read dst only when every page is there: a missing one would block in a fault.
+        "data_intact": present == size // PAGE_SIZE and room.read(PAGE_SIZE, size) == expected,
+        "dst_pmd_mapped_bytes": pmd_mapped_bytes(room.addr, room.length),
+        "dst_folios": folio_runs(dst, size),
+        "src_present_pages": _present_pages(src.addr + page * size, size),
+    }
+
+
+@scenario(
+    id="move-pmd-split",
+    title="UFFDIO_MOVE of a THP into a destination that cannot take a PMD",
+    checks="UFFDIO_MOVE (6.8) of a PMD-mapped THP into a MADV_NOHUGEPAGE destination "
+    "(faults served by moving each PMD-sized chunk) or to a destination not PMD-aligned "
+    "splits the source PMD and its folio and moves the PTEs: data intact, the destination "
+    "mapped by small pages, the source empty",
+    memory=("anon-thp",),
+    modes=RegisterMode.MISSING,
+    features=Feature.MOVE,
+    min_kernel="6.8",
+)
+def move_pmd_split(ctx: Context) -> Observation:
+    pmds = 2
+    small = ctx.page_size // PAGE_SIZE
+    uffd = ctx.uffd(Feature.MOVE | ctx.mode_features(RegisterMode.MISSING))
+    src = ctx.region(pmds + 1)
+    source = first_touch_thps(src, ctx.spec.family, lambda: src.fill_indexed(SEED))
+    check = Checks({"source": source})
+    check.expect("source_pmd_mapped_bytes", source["pmd_mapped_bytes"], src.length)
+    split = _split_into_nohugepage(ctx, uffd, src, pmds)
+    unaligned = _split_into_unaligned(ctx, uffd, src, pmds)
+    readable = split["dst_folios"] is not None
+    check.expect_fields(
+        "nohugepage_dst",
+        split,
+        {
+            "dst_nohugepage": True,
+            "served.faults": pmds,
+            "served.fault_kinds": ["missing"],
+            "served.bytes": pmds * ctx.page_size,
+            "served.failures": [],
+            "toucher_finished": True,
+            "data_intact": True,
+            "dst_pmd_mapped_bytes": 0,
+            "src_present_pages": 0,
+        }
+        | ({"dst_folios": [[PAGE_SIZE, pmds * small]]} if readable else {}),
+    )
+    check.expect_fields(
+        "unaligned_dst",
+        unaligned,
+        {
+            "move": {"result": "ok", "bytes": ctx.page_size},
+            "dst_present_pages": small,
+            "data_intact": True,
+            "dst_pmd_mapped_bytes": 0,
+            "src_present_pages": 0,
+        }
+        | ({"dst_folios": [[PAGE_SIZE, small]]} if readable else {}),
+    )
+    return check.observation(
+        f"NOHUGEPAGE dst: moved {split['served']['bytes'] >> 20} MiB, "
+        f"dst PMD-mapped {split['dst_pmd_mapped_bytes']}; unaligned dst: "
+        f"{unaligned['move']['result']}, dst PMD-mapped {unaligned['dst_pmd_mapped_bytes']}"
+    )

@@ -11,9 +11,9 @@ from ..abi import Feature, RegisterMode
 from ..errors import UffdError
 from ..events import Event, ForkEvent, RemapEvent, RemoveEvent, UnmapEvent
 from ..memory import PAGE_SIZE
-from .checks import Checks, errno_of
+from .checks import Checks
 from .context import Background, Context, next_event
-from .model import ALL_KINDS, SMALL_PAGE_KINDS, Every, KnownBug, Observation
+from .model import ALL_KINDS, Every, KnownBug, Observation
 from .registry import scenario
 
 ADVICE_NAMES = {sc.MADV_DONTNEED: "MADV_DONTNEED", sc.MADV_REMOVE: "MADV_REMOVE"}

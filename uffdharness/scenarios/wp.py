@@ -23,12 +23,13 @@ from ..abi import (
     flag_names,
 )
 from ..events import PagefaultEvent
-from ..memory import MemoryKind, Region
+from ..memory import PAGE_SIZE, MemoryKind, Region
 from ..pagemap import Pagemap, region_view, wp_pages
 from ..uffd import Userfaultfd
 from .checks import Checks, errno_of
 from .context import Background, Context, next_event
-from .model import ALL_KINDS, SHARED_KINDS, Observation, Skip
+from .huge import first_touch_thps, pmd_mapped_bytes
+from .model import ALL_KINDS, SHARED_KINDS, THP_KINDS, Observation, Skip
 from .registry import scenario
 
 SEED = 0x3A11
@@ -73,8 +74,9 @@ def is_wp_write_at(fault: PagefaultEvent | None, region: Region, page: int) -> b
 
 
 def pages_for(ctx: Context, small: int, huge: int) -> int:
-    """How many pages a scenario maps: fewer of the hugetlb kinds' large pages."""
-    return huge if ctx.memory.is_hugetlb else small
+    """How many pages a scenario maps: fewer of the large pages of the hugetlb and PMD-THP
+    kinds."""
+    return huge if ctx.page_size > PAGE_SIZE else small
 
 
 def protected_pages(ctx: Context, pages: int) -> list[int]:
@@ -102,14 +104,30 @@ def _indexed_source(ctx: Context, region: Region) -> Region:
     return source
 
 
+def _populate(
+    ctx: Context, uffd: Userfaultfd, region: Region, source: Region, modes: RegisterMode
+) -> dict[str, Any]:
+    """Register ``region`` and fill it with ``source``'s content. UFFDIO_COPY installs small
+    pages only (mfill_atomic() works PTE by PTE, shmem's with order-0 folios), so a PMD-THP
+    kind is filled by its first touch before registering: a THP then maps each page."""
+    if ctx.spec.thp != "pmd":
+        uffd.register(region, mode=modes)
+        copied = uffd.copy(region.addr, source.addr, region.length)
+        return {"populated_by": "UFFDIO_COPY", "bytes_copied": copied}
+    facts = first_touch_thps(region, ctx.spec.family, lambda: region.fill_indexed(SEED))
+    uffd.register(region, mode=modes)
+    return {"populated_by": "first touch", **facts}
+
+
 @scenario(
     id="wp-basic",
     title="Write-protect faults on populated memory",
     checks="on a MISSING|WP range populated with UFFDIO_COPY and write-protected, a write "
     "raises one fault flagged WP|WRITE at the page address and blocks until "
     "UFFDIO_WRITEPROTECT clears the protection; a read does not fault (5.7 anon, 5.19 "
-    "shmem and hugetlbfs)",
-    memory=ALL_KINDS,
+    "shmem and hugetlbfs); on a PMD-mapped THP too (the anonymous PMD keeps its uffd-wp "
+    "bit, a shmem PMD is split into PTEs with markers)",
+    memory=ALL_KINDS + THP_KINDS,
     modes=RegisterMode.MISSING | RegisterMode.WP,
 )
 def wp_basic(ctx: Context) -> Observation:
@@ -117,11 +135,11 @@ def wp_basic(ctx: Context) -> Observation:
     pages = pages_for(ctx, 4, 3)
     region = ctx.region(pages)
     uffd = ctx.uffd(ctx.mode_features(modes))
-    uffd.register(region, mode=modes)
     source = _indexed_source(ctx, region)
-    copied = uffd.copy(region.addr, source.addr, region.length)
+    populated = _populate(ctx, uffd, region, source, modes)
     uffd.writeprotect(region)
     protected = wp_pages(region)
+    pmd_mapped_protected = pmd_mapped_bytes(region.addr, region.length)
 
     target, read_page = 1, 2
     writer = Background(region.write, PAYLOAD, target * region.page_size)
@@ -148,7 +166,18 @@ def wp_basic(ctx: Context) -> Observation:
     read_ok = read_finished and reader.value(0) == source.read(read_page * region.page_size, 64)
     bits_visible = ctx.system.pagemap_uffd_wp
 
-    check = Checks({"pages": pages, "page_size": region.page_size, "bytes_copied": copied})
+    check = Checks({"pages": pages, "page_size": region.page_size, **populated})
+    if ctx.spec.thp == "pmd":
+        check.expect("pmd_mapped_bytes", populated["pmd_mapped_bytes"], region.length)
+        # Anonymous THPs stay PMD-mapped: change_huge_pmd() sets uffd-wp on the PMD and a
+        # write faults in do_huge_pmd_wp_page(). A file PMD is split (zapped) instead, as
+        # PTE markers need a page table (pgtable_split_needed(), 5.19): shmem's pages are
+        # mapped by PTEs again on the next access, the THP staying in the page cache.
+        check.expect(
+            "pmd_mapped_bytes_after_protect",
+            pmd_mapped_protected,
+            region.length if ctx.spec.family == "anon" else 0,
+        )
     if bits_visible:
         check.expect("wp_pages_after_protect", protected, list(range(pages)))
     else:

@@ -19,6 +19,7 @@ from ..system import kernel_warned
 from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Background, Context
+from .huge import first_touch_thps, pmd_mapped_bytes
 from .model import ALL_KINDS, THP_KINDS, KnownBug, NonEmpty, Observation, Skip
 from .registry import scenario
 from .wp import FINISH_TIMEOUT, SEED, pages_for, protected_pages, require_pagemap_uffd_wp
@@ -40,8 +41,9 @@ WP_CLOSE_FIX = KnownBug(
     title="uffd-wp bits are cleared when the uffd is closed",
     checks="closing the last reference to a uffd that write-protected pages must clear "
     "their uffd-wp PTE bits and markers, as UFFDIO_UNREGISTER does (fixed by 'mm/"
-    "userfaultfd: reset ptes when close() for wr-protected ones', 6.9, CVE-2024-36881)",
-    memory=ALL_KINDS,
+    "userfaultfd: reset ptes when close() for wr-protected ones', 6.9, CVE-2024-36881); "
+    "on PMD-mapped THPs too",
+    memory=ALL_KINDS + THP_KINDS,
     modes=RegisterMode.WP,
     known_bug=WP_CLOSE_FIX.showing(wp_pages_after_close=NonEmpty()),
 )
@@ -50,7 +52,14 @@ def wp_cleared_on_close(ctx: Context) -> Observation:
     require_pagemap_uffd_wp(ctx)
     pages = pages_for(ctx, 4, 3)
     region = ctx.region(pages)
-    region.fill_indexed(SEED, 0, pages - 1)  # the last page stays unpopulated
+    populated = (pages - 1) * region.page_size  # the last page stays unpopulated
+    thp: dict[str, Any] = {}
+    if ctx.spec.thp == "pmd":
+        thp = first_touch_thps(
+            region, ctx.spec.family, lambda: region.fill_indexed(SEED, 0, pages - 1), populated
+        )
+    else:
+        region.fill_indexed(SEED, 0, pages - 1)
     uffd = ctx.uffd(features)
     uffd.register(region, mode=RegisterMode.WP)
     uffd.writeprotect(region)
@@ -59,11 +68,15 @@ def wp_cleared_on_close(ctx: Context) -> Observation:
     uffd.close()
     after = region_view(region)
     left = wp_pages(region)
+    pmd_after = pmd_mapped_bytes(region.addr, region.length)
     vma_flags = uffd_vm_flags(region.addr, region.end)
     writer = Background(region.touch, range(pages - 1), write=True)
     write_finished = writer.finished(FINISH_TIMEOUT)
 
     check = Checks({"pagemap_before_close": before})
+    if thp:
+        check.expect("pmd_mapped_bytes", thp["pmd_mapped_bytes"], populated)
+        check.fact("pmd_mapped_bytes_after_close", pmd_after)
     check.expect("wp_pages_before_close", protected, protected_pages(ctx, pages))
     check.fact("pagemap_after_close", after)
     check.expect("wp_pages_after_close", left, [])
