@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from uffdharness.abi import PASSIVE_FEATURES
-from uffdharness.memory import MemoryKind
+from uffdharness.scenarios.model import ALL_KINDS as GENERAL_KINDS
 
-ALL_KINDS = [kind.value for kind in MemoryKind if kind is not MemoryKind.FILE]
+ALL_KINDS = list(GENERAL_KINDS)  # the huge-page kinds: tests/test_memory_huge_kinds.py
 
 __all__ = ["ALL_KINDS", "PASSIVE_FEATURES", "open_fds"]
 

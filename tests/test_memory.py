@@ -27,9 +27,9 @@ def test_each_kind_maps_and_sits_between_guards(kind, region_factory):
     assert [v.perms[:3] for v in around] == ["---", "rw-", "---"]
     middle = around[1]
     assert (middle.start, middle.end) == (region.addr, region.end)
-    shared = kind not in ("anon", "hugetlb-private")
+    shared = kind not in ("anon", "memfd-private", "hugetlb-private")
     assert middle.perms[3] == ("s" if shared else "p")
-    if kind in ("memfd", "hugetlb", "hugetlb-private"):
+    if kind in ("memfd", "memfd-private", "hugetlb", "hugetlb-private"):
         assert middle.path.startswith("/memfd:uffdharness")
 
 

@@ -26,7 +26,8 @@ from uffdharness.abi import Feature, RegisterMode
 from uffdharness.cli import main
 from uffdharness.errors import UffdError
 from uffdharness.isolation import run_in_child
-from uffdharness.memory import allocate
+from uffdharness.kindsetup import thp_reason
+from uffdharness.memory import SPECS, allocate
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.checks import Checks
 from uffdharness.scenarios.context import Background, Context, next_event
@@ -139,6 +140,9 @@ def test_the_kernel_fault_check_passes_where_kernel_faults_are_allowed() -> None
 # --- the whole catalogue as nobody ------------------------------------------------------------
 
 
+FORK_SCENARIOS = ("event-fork", "wp-fork", "wp-fork-hugetlb-private", "wp-fork-pin")
+
+
 def _run_catalogue() -> tuple[dict[str, Any], list[runner.Result]]:
     info = system.collect()
     pairs = runner.select(CATALOGUE.values()) + [(KERNEL_FAULT_CHECK, "anon")]
@@ -158,6 +162,11 @@ def _expected_skip(item: Scenario, kind: str, kernel_faults: bool) -> str | None
         return "needs kernel-mode faults"
     if kind.startswith("hugetlb"):
         return "hugetlb needs root to reserve hugepages"
+    thp_off = thp_reason(SPECS[kind], is_root=False) if SPECS[kind].thp else None
+    if thp_off:
+        return thp_off
+    if SPECS[kind].thp and item.id == "wp-cleared-on-mremap":
+        return "needs /proc/kpageflags (root)"
     return None
 
 
@@ -189,7 +198,7 @@ def test_catalogue_as_nobody_with_unprivileged_userfaultfd_1(unprivileged_userfa
     assert not facts["user_mode_only"]
     counts = _judge_unprivileged_run(facts, results)
     print(f"nobody, vm.unprivileged_userfaultfd=1: {counts}")
-    fork = [r for r in results if r.id in ("event-fork", "wp-fork", "wp-fork-hugetlb-private")]
+    fork = [r for r in results if r.id in FORK_SCENARIOS]
     assert fork and all(r.verdict == "skip" for r in fork)
     assert all("CAP_SYS_PTRACE (UFFDIO_API refuses it with EPERM)" in r.reason for r in fork)
     kernel_fault = next(r for r in results if r.id == KERNEL_FAULT_CHECK.id)
@@ -321,7 +330,7 @@ def test_cli_run_as_nobody(unprivileged_userfaultfd) -> None:
     finally:
         shutil.rmtree(report_dir)
     assert code == 0, table
-    assert {r["id"] for r in results} == {"event-fork", "wp-fork", "wp-fork-hugetlb-private"}
+    assert {r["id"] for r in results} == set(FORK_SCENARIOS)
     for result in results:
         assert result["verdict"] == "skip", result
         assert "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE" in result["reason"], result

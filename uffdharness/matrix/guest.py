@@ -109,7 +109,10 @@ def cpus_per_guest(parallel: int = 1) -> int:
 
 @dataclass(frozen=True)
 class GuestConfig:
-    memory_mb: int = 2048
+    # hugetlb-1g reserves a 1 GiB page at run time (alloc_contig_pages): it needs a free,
+    # aligned GiB beside the run's own memory. RAM a TCG guest never touches costs the
+    # host nothing.
+    memory_mb: int = 3072
     cpus: int = field(default_factory=cpus_per_guest)
     # "tcg" or "kvm". The matrix runner passes kvmprobe.default_accel(kernel): /dev/kvm can
     # exist yet fail to boot a full guest, so only a probe boot decides for kvm.

@@ -21,7 +21,7 @@ from ..memory import Region
 from ..uffd import Userfaultfd
 from .checks import Checks
 from .context import Context
-from .model import ALL_KINDS, Observation
+from .model import ALL_KINDS, THP_KINDS, Observation
 from .registry import scenario
 
 Since = tuple[int, int]
@@ -118,7 +118,7 @@ def _register(uffd: Userfaultfd, region: Region, modes: RegisterMode) -> tuple[s
     "hugetlbfs: no ZEROPAGE, no MOVE) as of the kernel's version, WRITEPROTECT only with "
     "WP and CONTINUE only with MINOR (POISON 6.6, MOVE 6.8); mode 0 and a mode the memory "
     "or the kernel lacks (MINOR on anonymous memory) are EINVAL",
-    memory=ALL_KINDS,
+    memory=ALL_KINDS + THP_KINDS + ("hugetlb-1g",),
     modes=RegisterMode.MISSING,
     probes=RegisterMode.WP | RegisterMode.MINOR,
     hugepages=1,

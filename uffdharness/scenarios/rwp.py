@@ -365,6 +365,8 @@ def rwp_swap(ctx: Context) -> Observation:
     _expect_rwp_fault(check, "fault_after_swap_in", fault, region, 0, FaultFlag.RWP)
     uffd.rwprotect(*region.span(0), protect=False)
     check.expect("reader_woken", reader.finished(EVENT_TIMEOUT), True)
+    # Page 1 is still protected: reading it here would block this thread for good.
+    uffd.rwprotect(*region.span(1), protect=False)
     check.expect("data_intact", region.find_indexed_mismatch(SEED), None)
     return check.observation(key="protection kept through swap")
 
