@@ -19,7 +19,7 @@ from uffdharness.scenarios.model import THP_KINDS, Skip
 pytestmark = pytest.mark.timeout(120)
 
 PAIRS = {
-    "minor-collapse": ("shmem-thp", "memfd-private"),
+    "minor-collapse": ("shmem-thp",),
     "move-volume": ("anon", "anon-thp"),
     "move-pmd-split": ("anon-thp",),
     "wp-basic": THP_KINDS,
@@ -73,7 +73,7 @@ def test_every_pair_passes_or_skips_for_a_stated_reason(results):
         assert result.duration_s < 5, (result.name, result.duration_s)
 
 
-@pytest.mark.parametrize("memory", ["shmem-thp", "memfd-private"])
+@pytest.mark.parametrize("memory", ["shmem-thp"])
 def test_minor_collapse_maps_a_pmd_and_wp_refuses(results, memory):
     f = facts(results, "minor-collapse", memory)
     minor, protected = f["minor"], f["minor_wp"]

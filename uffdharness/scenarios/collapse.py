@@ -104,7 +104,7 @@ def _require_collapse() -> None:
     "replaces the small page-cache pages by a THP and maps it with a PMD in the registered "
     "VMA, data intact and no fault raised; registered MINOR|WP the VMA keeps its page table "
     "(userfaultfd_protected() in try_collapse_pte_mapped_thp()) and the collapse is EINVAL",
-    memory=("shmem-thp", "memfd-private"),
+    memory=("shmem-thp",),
     modes=RegisterMode.MINOR | RegisterMode.WP,
     min_kernel="6.1",
 )
