@@ -161,6 +161,21 @@ long uh_find_indexed_mismatch(const char *src, size_t len, size_t page_size, uin
  * UFFD_EVENT_FORK (the parent's fork() blocks until the event is read) from a thread that
  * does not hold the GIL.
  */
+int uh_fork_wait_touch(char *base, size_t npages, size_t page_size, int go_fd)
+{
+    /* Called through cffi, so the GIL is released while fork() waits for a fork event
+       to be read: os.fork() holds it there, and a Python handler thread then never runs. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        char go;
+        if (read(go_fd, &go, 1) != 1)
+            _exit(1);
+        uh_touch(base, npages, page_size, 0);
+        _exit(0);
+    }
+    return pid < 0 ? -errno : (int)pid;
+}
+
 int uh_fork_and_exit(int exit_code)
 {
     pid_t pid = fork();

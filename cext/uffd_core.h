@@ -12,6 +12,7 @@ int uh_ioctl(int fd, unsigned long request, void *arg);
 long uh_read_msgs(int fd, void *buf, size_t max_msgs);
 int uh_wait_readable(int fd, int timeout_ms);
 int uh_fork_and_exit(int exit_code);
+int uh_fork_wait_touch(char *base, size_t npages, size_t page_size, int go_fd);
 
 /* Access to memory that may be registered: each call can block in a fault. */
 int uh_copy_out(void *dst, const void *src, size_t len);

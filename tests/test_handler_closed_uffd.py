@@ -23,6 +23,7 @@ from test_handler_support import (  # noqa: F401 - no_leaks is a fixture
     no_leaks,
     run_touch,
 )
+from uffdharness._native import ffi, lib
 
 from uffdharness.abi import EventType, Feature
 from uffdharness.handler import (
@@ -286,16 +287,13 @@ def test_adopted_child_uffd_closed_under_handler(engine, uffd_factory, region_fa
 
 
 def _fork_waiting_child(region, go_r: int) -> int:
-    """Fork a child that waits for a byte on ``go_r``, then touches every page."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            os.read(go_r, 1)
-            region.touch()
-            code = 0
-        finally:
-            os._exit(code)
+    """Fork a child that waits for a byte on ``go_r``, then touches every page. Forked in C
+    with the GIL released: os.fork() keeps it while the kernel waits for the fork event to
+    be read, so the thread engine's handler could not read it."""
+    pid = lib.uh_fork_wait_touch(
+        ffi.cast("char *", region.addr), region.pages, region.page_size, go_r
+    )
+    assert pid > 0, f"fork: {-pid}"
     return pid
 
 
