@@ -56,7 +56,7 @@ def _fault_at(uffd: Userfaultfd) -> PagefaultEvent | None:
     return event if isinstance(event, PagefaultEvent) else None
 
 
-def _blocked_access(
+def blocked_access(
     uffd: Userfaultfd, region: Region, page: int, *, write: bool
 ) -> tuple[Background, PagefaultEvent | None]:
     """Start a read or write of ``page``; the fault it raises (or None) and the thread."""
@@ -67,7 +67,7 @@ def _blocked_access(
     return access, _fault_at(uffd)
 
 
-def _expect_rwp_fault(
+def expect_rwp_fault(
     check: Checks,
     name: str,
     fault: PagefaultEvent | None,
@@ -109,17 +109,17 @@ def rwp_sync(ctx: Context) -> Observation:
     uffd.rwprotect(region)
 
     check = Checks({"pages": pages, "page_size": region.page_size})
-    reader, read_fault = _blocked_access(uffd, region, 0, write=False)
+    reader, read_fault = blocked_access(uffd, region, 0, write=False)
     check.expect("read_blocked", not reader.finished(BLOCK_PROBE), True)
-    _expect_rwp_fault(check, "read_fault", read_fault, region, 0, FaultFlag.RWP)
+    expect_rwp_fault(check, "read_fault", read_fault, region, 0, FaultFlag.RWP)
     uffd.rwprotect(*region.span(0), protect=False)
     check.expect("reader_woken_by_unprotect", reader.finished(EVENT_TIMEOUT), True)
     read_ok = reader.finished(0) and reader.error is None and reader.value(0) == head_of_page0
     check.expect("read_content_ok", read_ok, True)
 
-    writer, write_fault = _blocked_access(uffd, region, 1, write=True)
+    writer, write_fault = blocked_access(uffd, region, 1, write=True)
     check.expect("write_blocked", not writer.finished(BLOCK_PROBE), True)
-    _expect_rwp_fault(check, "write_fault", write_fault, region, 1, RWP_WRITE)
+    expect_rwp_fault(check, "write_fault", write_fault, region, 1, RWP_WRITE)
     uffd.rwprotect(*region.span(1), protect=False)
     check.expect("writer_woken_by_unprotect", writer.finished(EVENT_TIMEOUT), True)
 
@@ -325,7 +325,7 @@ def rwp_lifetime(ctx: Context) -> Observation:
 
     probe = Background(region.touch, [1])
     fault = _fault_at(uffd)
-    _expect_rwp_fault(check, "kept_page_fault", fault, region, 1, FaultFlag.RWP)
+    expect_rwp_fault(check, "kept_page_fault", fault, region, 1, FaultFlag.RWP)
     uffd.close()  # release wakes the reader; its retry must find the page accessible
     check.expect("blocked_reader_done_after_close", probe.finished(EVENT_TIMEOUT), True)
     rest = Background(region.touch, range(1, pages), write=True)
@@ -362,7 +362,7 @@ def rwp_swap(ctx: Context) -> Observation:
         raise Skip("MADV_PAGEOUT did not swap the page out (swap full or refused)")
     reader = Background(region.read, 0, 64)
     fault = _fault_at(uffd)
-    _expect_rwp_fault(check, "fault_after_swap_in", fault, region, 0, FaultFlag.RWP)
+    expect_rwp_fault(check, "fault_after_swap_in", fault, region, 0, FaultFlag.RWP)
     uffd.rwprotect(*region.span(0), protect=False)
     check.expect("reader_woken", reader.finished(EVENT_TIMEOUT), True)
     # Page 1 is still protected: reading it here would block this thread for good.
@@ -458,7 +458,7 @@ def rwp_working_set(ctx: Context) -> Observation:
         # A guest access to a cold page now blocks: it must survive the eviction.
         late = Background(guest.read, cold[0] * guest.page_size, 64)
         late_fault = _fault_at(uffd)
-        _expect_rwp_fault(
+        expect_rwp_fault(
             check, "cold_access_during_eviction", late_fault, guest, cold[0], FaultFlag.RWP
         )
         storage = {}
