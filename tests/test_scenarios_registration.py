@@ -20,7 +20,7 @@ from uffdharness.runner import judge, run, select
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.checks import Checks
 from uffdharness.scenarios.context import Context
-from uffdharness.scenarios.model import ALL_KINDS, MINOR_KINDS, Every, Observation
+from uffdharness.scenarios.model import ALL_KINDS, MINOR_KINDS, THP_KINDS, Every, Observation
 from uffdharness.scenarios.noncooperative import EAGAIN_FIELD_FIX
 from uffdharness.scenarios.registration import (
     COMBINATIONS,
@@ -67,7 +67,7 @@ def facts(results, scenario: str, memory: str) -> dict:
 
 def test_every_pair_passes_or_skips_for_a_stated_reason(results):
     expected = {
-        "register-ioctls": set(ALL_KINDS),
+        "register-ioctls": {*ALL_KINDS, *THP_KINDS, "hugetlb-1g"},
         "api-probe": {"anon"},
         "mapped-eexist": set(MINOR_KINDS),
         "mmap-changing": {"anon", "shmem", "memfd", "memfd-private"},
@@ -173,13 +173,13 @@ def test_judge_ioctls():
 
 def test_register_ioctls_declares_modes_it_needs_and_probes_the_others():
     item = CATALOGUE["register-ioctls"]
-    assert item.memory == ALL_KINDS
+    assert item.memory == (*ALL_KINDS, *THP_KINDS, "hugetlb-1g")
     assert item.modes == RegisterMode.MISSING
     assert item.probes == RegisterMode.WP | RegisterMode.MINOR
     five_ten = (
         Feature(sum(f for f in Feature if f <= Feature.THREAD_ID)) | Feature.PAGEFAULT_FLAG_WP
     )
-    for kind in ALL_KINDS:  # probes gate nothing: every kind runs on 5.10
+    for kind in item.memory:  # probes gate nothing: every kind runs on 5.10
         assert item.skip_reason(parse("5.10.0"), five_ten, True, kind) is None
 
 
