@@ -144,7 +144,7 @@ def test_a_bad_base_spec_and_an_unmatched_pattern_are_refused_before_any_build(c
 def test_list_names_each_mutation_and_its_catchers(capsys):
     assert main(["mutations", "--list", "-k", "merge-pgoff"]) == 0
     out = capsys.readouterr().out
-    assert "merge-pgoff" in out and "unregister-merge[anon,memfd,shmem]" in out
+    assert "merge-pgoff" in out and "unregister-merge[anon,memfd,memfd-private,shmem]" in out
     assert "wp-kept-on-mremap" not in out
 
 

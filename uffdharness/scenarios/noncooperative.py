@@ -251,5 +251,6 @@ def mmap_changing(ctx: Context) -> Observation:
     for name, value in _event_facts(event).items():
         check.fact(name, value)
     return check.observation(
-        key=f"pending={sorted(set(errnos.values()))} fields={sorted(set(fields.values()))}"
+        key=f"pending={sorted(set(errnos.values()))} "
+        f"fields={sorted(set(fields.values()), key=str)}"  # None where the call succeeded
     )

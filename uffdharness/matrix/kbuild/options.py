@@ -67,6 +67,8 @@ GROUPS: tuple[Group, ...] = (
                 "TRANSPARENT_HUGEPAGE_MADVISE",
                 "THP only where asked (MADV_HUGEPAGE), as Debian's kernels",
             ),
+            Option("CMA", "CONTIG_ALLOC: 1 GiB hugepages reserved at run time (hugetlb-1g)"),
+            Option("CONTIG_ALLOC", "alloc_contig_pages() (selected by CMA)", settable=False),
             Option("ADVISE_SYSCALLS", "madvise(2): MADV_DONTNEED, MADV_PAGEOUT, MADV_REMOVE"),
             Option("BLOCK", "the block layer, which SWAP needs"),
             Option("SWAP", "MADV_PAGEOUT of anonymous memory, rwp-swap"),
