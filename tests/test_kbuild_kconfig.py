@@ -22,6 +22,8 @@ SYMBOL_KALLSYMS = kconfig.Symbol("KALLSYMS", "init/Kconfig:1", ())
 # Options the fragment gained after the fixtures were recorded (zram swap for the guests):
 # the fixture's symbol index does not name them, so its check counts them absent.
 NEWER_THAN_FIXTURES = ("ZRAM", "ZSMALLOC", "CRYPTO", "CRYPTO_LZO")
+# asked for after the fixtures were taken: CMA (=n there) and what it selects (absent)
+CMA_OPTIONS = ("CMA", "CONTIG_ALLOC")
 
 
 def index_61() -> dict[str, kconfig.Symbol]:
@@ -59,7 +61,7 @@ def test_a_real_6_1_config_without_inet_names_9p_fs_as_dropped_with_its_dependen
     assert str(dropped) == (
         "CONFIG_9P_FS=unset where y was asked (fs/9p/Kconfig:2: depends on INET && NET_9P)"
     )
-    assert result.absent == ("USERFAULTFD_RWP", *NEWER_THAN_FIXTURES)  # RWP: 7.3's
+    assert result.absent == ("USERFAULTFD_RWP", *CMA_OPTIONS, *NEWER_THAN_FIXTURES)  # RWP: 7.3's
     assert "1 option(s) dropped: CONFIG_9P_FS=unset" in result.summary()
     # everything else of the fragment came through olddefconfig
     assert config["USERFAULTFD"] == config["PTE_MARKER_UFFD_WP"] == config["SYSCTL"] == "y"
@@ -107,7 +109,7 @@ def test_kconfig_command_prints_the_fragment_and_checks_a_config(capsys):
     assert cli.main(["kconfig", "--check", str(WITHOUT_INET)]) == 1
     out = capsys.readouterr().out
     assert "not =y: CONFIG_9P_FS\n" in out and "not =y: CONFIG_INET\n" in out
-    needed = len(options.REQUIRED) - 3 - len(NEWER_THAN_FIXTURES)
+    needed = len(options.REQUIRED) - 3 - len(NEWER_THAN_FIXTURES) - len(CMA_OPTIONS)
     assert f"{needed} of {len(options.REQUIRED)} options as needed" in out
     assert cli.main(["kconfig", "--check", str(FIXTURES / "none.config")]) == 2
     with pytest.raises(SystemExit):

@@ -312,7 +312,7 @@ def test_info_as_nobody_shows_the_open_modes(unprivileged_userfaultfd) -> None:
 def _cli_run(report: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["run", "-k", "*fork*", "--json", report, "--quiet"])
+        code = main(["run", "-k", "event-fork,wp-fork*", "--json", report, "--quiet"])
     return code, out.getvalue()
 
 

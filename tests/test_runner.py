@@ -206,7 +206,13 @@ def test_select_by_pattern_and_memory():
         "event-remap",
     }
     several = select(CATALOGUE.values(), "rwp-s*,api-probe", ["anon"])
-    assert [s.id for s, _ in several] == ["api-probe", "rwp-sync", "rwp-set-mode", "rwp-swap"]
+    assert [s.id for s, _ in several] == [
+        "api-probe",
+        "rwp-sync",
+        "rwp-set-mode",
+        "rwp-swap",
+        "rwp-swap-cow",
+    ]
 
 
 def test_catalogue_is_well_formed():
