@@ -268,3 +268,45 @@ def test_closing_a_pin_gives_its_hugepage_back_at_once():
         with pin.LongTermPin(region.addr, region.length):
             assert hugepages.free_pages() == free_before - 1
     assert hugepages.free_pages() == free_before
+
+
+def _pinned_in_child_facts(child_pin: str, after_pin: list[int], copied: list[int]) -> dict:
+    return {
+        "parent_wp_pages_after_fork": [0, 1],
+        "parent_wp_pages": [0, 1],
+        "parent_pfns_kept": True,
+        "child": "ok",
+        "child_wp_pages_at_fork": [0, 1],
+        "child_pin_finished": True,
+        "child_pin": child_pin,
+        "pinned_pages": [0, 1],
+        "child_wp_pages_after_pin": after_pin,
+        "child_vm_flags": ["uw"],
+        "child_write_finished": True,
+        "child_data_intact": True,
+        "child_wp_pages_after_write": [],
+        "copied_by_pin": copied,
+        "fork_events": 1,
+        "child_faults": [["WRITE", "WP"], ["WRITE", "WP"]],
+    }
+
+
+@pytest.mark.parametrize(
+    ("release", "refused_ok", "served_ok"), [("6.1.0", True, False), ("6.12.0", False, True)]
+)
+def test_child_pin_is_efault_before_gup_can_wait_for_a_handler(release, refused_ok, served_ok):
+    """Before 6.5 io_uring's pin cannot wait for the child's uffd handler: EFAULT, no page
+    changed (measured on Debian's 6.1); from it the pin's faults are served."""
+    from types import SimpleNamespace
+
+    from uffdharness.abi import FaultFlag, flag_names
+    from uffdharness.kernelversion import parse
+    from uffdharness.memory import SPECS
+    from uffdharness.scenarios.wp_fork import _judge_pinned_in_child
+
+    ctx = SimpleNamespace(kernel=parse(release), spec=SPECS["anon"])
+    faults = [flag_names(FaultFlag.WP | FaultFlag.WRITE)] * 2
+    refused = _pinned_in_child_facts("EFAULT", [0, 1], []) | {"child_faults": faults}
+    served = _pinned_in_child_facts("ok", [], [0, 1]) | {"child_faults": faults}
+    assert _judge_pinned_in_child(ctx, "with_event_fork", refused).ok is refused_ok
+    assert _judge_pinned_in_child(ctx, "with_event_fork", served).ok is served_ok
