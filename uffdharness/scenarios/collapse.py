@@ -30,7 +30,10 @@ from .registry import scenario
 from .wp import EVENT_TIMEOUT, FINISH_TIMEOUT
 
 SEED = 0xC011
-COLLAPSE_TRIES = 3  # EAGAIN: a page was locked or off the LRU for a moment
+# EAGAIN, from MADV_COLLAPSE or a CONTINUE racing it: a page was locked or off the LRU for
+# a moment (seen once in a TCG guest of 6.12); retried after a short pause.
+COLLAPSE_TRIES = 10
+RETRY_PAUSE_S = 0.01
 
 
 def _serve_minor(uffd: Userfaultfd, region: Region, access: Background) -> list[Any]:
@@ -46,10 +49,15 @@ def _serve_minor(uffd: Userfaultfd, region: Region, access: Background) -> list[
             continue
         faults.append(event.fault_kind)
         start = max(region.addr, event.address & ~(span - 1))
-        try:
-            uffd.continue_(start, min(span, region.end - start))
-        except UffdError as exc:
-            faults[-1] = f"{event.fault_kind}: CONTINUE {exc.errno_name}"
+        for attempt in range(COLLAPSE_TRIES):
+            try:
+                uffd.continue_(start, min(span, region.end - start))
+                break
+            except UffdError as exc:
+                if exc.errno_name != "EAGAIN" or attempt == COLLAPSE_TRIES - 1:
+                    faults[-1] = f"{event.fault_kind}: CONTINUE {exc.errno_name}"
+                    break
+                time.sleep(RETRY_PAUSE_S)
     return faults
 
 
@@ -59,6 +67,7 @@ def _madvise_collapse(region: Region) -> str:
         result = errno_of(sc.madvise, region.addr, region.length, sc.MADV_COLLAPSE)
         if result != "EAGAIN":
             break
+        time.sleep(RETRY_PAUSE_S)
     if result == "ENOMEM":
         raise Skip("no THP could be allocated: MADV_COLLAPSE gave ENOMEM")
     return result
