@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -163,9 +164,12 @@ long uh_find_indexed_mismatch(const char *src, size_t len, size_t page_size, uin
  */
 int uh_fork_wait_touch(char *base, size_t npages, size_t page_size, int go_fd)
 {
-    /* Called through cffi, so the GIL is released while fork() waits for a fork event
-       to be read: os.fork() holds it there, and a Python handler thread then never runs. */
-    pid_t pid = fork();
+    /* Called through cffi, so the GIL is released while the kernel waits for the fork
+       event to be read (os.fork() holds it there). A raw clone, not glibc's fork(): that
+       holds the malloc arena locks across the syscall, so a handler thread that allocates
+       (a Python one) would block on them and never read the event. The child only reads,
+       touches and exits: it needs no consistent malloc state. */
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
     if (pid == 0) {
         char go;
         if (read(go_fd, &go, 1) != 1)
