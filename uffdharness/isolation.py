@@ -157,6 +157,20 @@ def run_in_child(
     )
 
 
+def wait_or_kill(pid: int, timeout: float) -> int | None:
+    """The wait status of child ``pid``, or None after SIGKILLing and reaping it when it
+    outlived ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)

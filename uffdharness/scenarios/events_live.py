@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import struct
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from .._native import ffi, lib
 from ..abi import Feature, RegisterMode
 from ..events import RemapEvent, RemoveEvent
 from ..handler import FaultHandler, FillIndexed, LoggedEvent
+from ..isolation import wait_or_kill
 from ..maps import read_smaps_range
 from ..memory import PAGE_SIZE, Region
 from .checks import Checks
@@ -48,18 +48,6 @@ def _ran(check: Checks, name: str, call: Callable, *args, **kwargs) -> bool:
     return finished
 
 
-def _wait_child(pid: int, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
-
-
 def _fork(ctx: Context, engine: str) -> Checks:
     """EVENT_FORK: the handler adopts the child's uffd from the fork event and serves the
     child's missing faults there; the child checks every page's content itself."""
@@ -78,7 +66,7 @@ def _fork(ctx: Context, engine: str) -> Checks:
             base = ffi.cast("char *", region.addr)
             forker = Background(lib.uh_fork_toucher, base, pages, region.page_size, SEED, write_end)
             pid = forker.value(CALL_TIMEOUT)
-            status = _wait_child(pid, CHILD_TIMEOUT) if pid > 0 else None
+            status = wait_or_kill(pid, CHILD_TIMEOUT) if pid > 0 else None
             ready, _, _ = select.select([read_end], [], [], 0)
             report = os.read(read_end, 8) if ready else b""
     finally:

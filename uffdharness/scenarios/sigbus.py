@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 from .._native import ffi, lib
 from ..abi import CopyMode, Feature, RegisterMode
 from ..events import ForkEvent, PagefaultEvent
-from ..isolation import run_in_child
+from ..isolation import run_in_child, wait_or_kill
 from ..memory import BUS_ADRERR, CaughtAccess, Region
 from ..pagemap import wp_pages
 from ..uffd import Userfaultfd
@@ -241,19 +240,6 @@ def _child_without_event_fork(ctx: Context, region: Region, uffd: Userfaultfd) -
     return check
 
 
-def _wait_child(pid: int, timeout: float) -> int | None:
-    """The child's wait status, or None after killing it when it outlived ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None
-
-
 def _child_with_event_fork(ctx: Context) -> Checks:
     """With EVENT_FORK the child's VMA is registered on a new uffd that inherits the
     parent's features (dup_userfaultfd(): ctx->features = octx->features), SIGBUS included:
@@ -273,7 +259,7 @@ def _child_with_event_fork(ctx: Context) -> Checks:
         event = next_event(uffd, timeout=EVENT_TIMEOUT)
         pid = forker.value(EVENT_TIMEOUT)
         check.expect("event", type(event).__name__ if event else None, ForkEvent.__name__)
-        status = _wait_child(pid, CHILD_TIMEOUT) if pid > 0 else None
+        status = wait_or_kill(pid, CHILD_TIMEOUT) if pid > 0 else None
     finally:
         os.close(read_end)
         os.close(write_end)
