@@ -10,13 +10,14 @@ import pickle
 import re
 
 import pytest
+from scenario_results import passed_facts, run_scenarios
 
 from uffdharness import system
 from uffdharness.abi import Feature, Ioctl, RegisterMode
 from uffdharness.errors import HarnessError, UffdError
 from uffdharness.kernelversion import parse
 from uffdharness.memory import MemoryKind, allocate
-from uffdharness.runner import judge, run, select
+from uffdharness.runner import judge
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.checks import Checks
 from uffdharness.scenarios.context import Context
@@ -47,22 +48,11 @@ BASE = Ioctl.WAKE | Ioctl.COPY | Ioctl.ZEROPAGE
 
 @pytest.fixture(scope="module")
 def results():
-    pairs = [
-        (item, kind)
-        for name in SCENARIOS
-        for item, kind in select(CATALOGUE.values(), name)
-        if item.id == name
-    ]
-    return {(r.id, r.memory): r for r in run(pairs, timeout=15)}
+    return run_scenarios(SCENARIOS, timeout=15)
 
 
 def facts(results, scenario: str, memory: str) -> dict:
-    result = results[(scenario, memory)]
-    if result.verdict == "skip":
-        assert SKIP_REASONS.search(result.reason), result.reason
-        pytest.skip(result.reason)
-    assert result.verdict == "pass", f"{result.name}: {result.reason}"
-    return result.facts
+    return passed_facts(results, scenario, memory, SKIP_REASONS)
 
 
 def test_every_pair_passes_or_skips_for_a_stated_reason(results):

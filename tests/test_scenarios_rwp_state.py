@@ -5,20 +5,16 @@ Debian's 7.3 guest) and skip with the feature named elsewhere."""
 from __future__ import annotations
 
 import pytest
-
-from uffdharness import system
-from uffdharness.runner import run, select
-from uffdharness.scenarios import CATALOGUE
+from scenario_results import run_scenarios
 
 IDS = ("rwp-mprotect", "rwp-gup", "rwp-fork", "rwp-fork-pin", "rwp-swap-cow")
 
 
 @pytest.mark.timeout(120)
 def test_rwp_state_scenarios_pass_or_name_what_is_missing():
-    pairs = select([CATALOGUE[i] for i in IDS])
-    assert {item.id for item, _ in pairs} == set(IDS)
-    results = run(pairs, timeout=20, info=system.facts())
-    for result in results:
+    results = run_scenarios(IDS, timeout=20)
+    assert {scenario_id for scenario_id, _ in results} == set(IDS)
+    for result in results.values():
         if result.verdict == "skip":
             assert (
                 "kernel lacks UFFD_FEATURE_RWP" in result.reason

@@ -11,6 +11,7 @@ import signal
 import threading
 
 import pytest
+from scenario_results import passed_facts, run_scenarios
 from test_handler_support import ENGINES, no_leaks  # noqa: F401 - no_leaks is a fixture
 
 from uffdharness import syscalls as sc
@@ -18,7 +19,6 @@ from uffdharness.abi import ContinueMode, CopyMode, Feature, RegisterMode
 from uffdharness.handler import FaultHandler, FillIndexed
 from uffdharness.maps import read_smaps_range
 from uffdharness.memory import BUS_ADRERR, PAGE_SIZE
-from uffdharness.runner import run, select
 from uffdharness.scenarios import CATALOGUE
 from uffdharness.scenarios.context import Context
 from uffdharness.scenarios.model import ALL_KINDS, MINOR_KINDS
@@ -31,13 +31,7 @@ SKIP_REASONS = re.compile(r"kernel lacks|needs kernel >=|hugepages|not supported
 
 
 def _run(*names: str, memory: list[str] | None = None):
-    pairs = [
-        (item, kind)
-        for name in names
-        for item, kind in select(CATALOGUE.values(), name, memory)
-        if item.id == name
-    ]
-    return {(r.id, r.memory): r for r in run(pairs, timeout=15)}
+    return run_scenarios(names, timeout=15, memory=memory)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +40,7 @@ def results():
 
 
 def facts(results, scenario: str, memory: str) -> dict:
-    result = results[(scenario, memory)]
-    if result.verdict == "skip":
-        assert SKIP_REASONS.search(result.reason), result.reason
-        pytest.skip(result.reason)
-    assert result.verdict == "pass", f"{result.name}: {result.reason}"
-    return result.facts
+    return passed_facts(results, scenario, memory, SKIP_REASONS)
 
 
 def test_every_pair_passes_or_skips_for_a_stated_reason(results):

@@ -8,11 +8,11 @@ import json
 import re
 
 import pytest
+from scenario_results import passed_facts, run_scenarios
 
 from uffdharness import kpageflags
 from uffdharness.memory import PAGE_SIZE, allocate, pmd_size
 from uffdharness.pagemap import Pagemap
-from uffdharness.runner import run, select
 from uffdharness.scenarios import CATALOGUE, huge
 from uffdharness.scenarios.model import THP_KINDS, Skip
 
@@ -35,22 +35,11 @@ PMD = pmd_size()
 
 @pytest.fixture(scope="module")
 def results():
-    pairs = [
-        (item, kind)
-        for name, kinds in PAIRS.items()
-        for item, kind in select(CATALOGUE.values(), name, kinds)
-        if item.id == name
-    ]
-    return {(r.id, r.memory): r for r in run(pairs, timeout=30)}
+    return run_scenarios(PAIRS, timeout=30, memory=PAIRS)
 
 
 def facts(results, scenario: str, memory: str) -> dict:
-    result = results[(scenario, memory)]
-    if result.verdict == "skip":
-        assert SKIP_REASONS.search(result.reason), result.reason
-        pytest.skip(result.reason)
-    assert result.verdict == "pass", f"{result.name}: {result.reason}"
-    return result.facts
+    return passed_facts(results, scenario, memory, SKIP_REASONS)
 
 
 def test_the_scenarios_declare_these_kinds():
