@@ -34,6 +34,7 @@ from uffdharness.handler import (
     ReleaseReason,
     UffdClosedError,
 )
+from uffdharness.isolation import wait_or_kill
 from uffdharness.memory import PAGE_SIZE
 
 pytestmark = [pytest.mark.usefixtures("no_leaks"), pytest.mark.timeout(30)]
@@ -274,7 +275,7 @@ def test_adopted_child_uffd_closed_under_handler(engine, uffd_factory, region_fa
         assert handler.stats.messages == before.messages, "the pipe was read as messages"
         assert idle_cpu(None) < IDLE_CPU_BUDGET
         os.write(go_w, b"g")
-        status = _wait(pid, WAKE_TIMEOUT)
+        status = wait_or_kill(pid, WAKE_TIMEOUT)
         pid = None
         assert status is not None, "the child's touches never finished"
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
@@ -295,15 +296,3 @@ def _fork_waiting_child(region, go_r: int) -> int:
     )
     assert pid > 0, f"fork: {-pid}"
     return pid
-
-
-def _wait(pid: int, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import threading
 import time
 
@@ -33,6 +32,7 @@ from uffdharness.handler import (
     ReleaseReason,
     Unprotect,
 )
+from uffdharness.isolation import wait_or_kill
 from uffdharness.memory import PAGE_SIZE, allocate
 from uffdharness.uffd import Userfaultfd
 
@@ -386,17 +386,7 @@ def test_gil_case(engine, served):
             code = _gil_child(engine)
         finally:
             os._exit(code)
-    deadline = time.monotonic() + (5.0 if served else 1.5)
-    status = None
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        status = None
+    status = wait_or_kill(pid, 5.0 if served else 1.5)
     if served:
         assert status is not None, f"{engine}: the GIL holder was never served (killed)"
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
