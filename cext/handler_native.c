@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -21,8 +22,9 @@ struct uh_native {
     pthread_t thread;
     struct uh_core *core;
     int efd;
-    int cpu, busy_poll, batch;
+    int cpu, wait, batch; /* wait: UH_WAIT_POLL, _BUSY or _READ */
     int stop;
+    int reading; /* in read_loop: stop must interrupt its read() */
     int result;
     int done;
     int tid;
@@ -34,17 +36,11 @@ int uh_set_thread_cpu(int cpu)
     return pin_self(cpu);
 }
 
-/* One batch from uffd ui; caller holds the lock. Returns messages handled or -errno. */
-static long native_batch(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, size_t batch)
+/* Handle n messages read from uffd ui at t_read; caller holds the lock. Returns n or
+ * -errno. */
+static long handle_msgs(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, long n,
+                        uint64_t t_read)
 {
-    uint64_t t_read;
-    long n = core_read(c, ui, msgs, batch, &t_read);
-    if (n == -EAGAIN)
-        return 0;
-    if (n < 0) {
-        fail(c, (int)-n, UH_OP_READ, (uint64_t)ui, 0, 0);
-        return n;
-    }
     for (long i = 0; i < n; i++) {
         if (msgs[i].event == UH_UFFD_EVENT_PAGEFAULT) {
             struct uh_fault_info f;
@@ -63,6 +59,87 @@ static long native_batch(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, si
     return n;
 }
 
+/* One batch from uffd ui; caller holds the lock. Returns messages handled or -errno. */
+static long native_batch(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, size_t batch)
+{
+    uint64_t t_read;
+    long n = core_read(c, ui, msgs, batch, &t_read);
+    if (n == -EAGAIN)
+        return 0;
+    if (n < 0) {
+        fail(c, (int)-n, UH_OP_READ, (uint64_t)ui, 0, 0);
+        return n;
+    }
+    return handle_msgs(c, ui, msgs, n, t_read);
+}
+
+/* UH_WAIT_READ interrupts a blocking read() with this signal: a handler without SA_RESTART
+ * makes userfaultfd_ctx_read return EINTR. */
+static int read_signal(void)
+{
+    return SIGRTMIN + 3;
+}
+
+static void ignore_signal(int sig)
+{
+    (void)sig;
+}
+
+static void install_read_signal(void)
+{
+    struct sigaction sa = {.sa_handler = ignore_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(read_signal(), &sa, NULL);
+}
+
+/* uffd-stress's read mode: sleep in a blocking read() of the one served uffd instead of in
+ * poll(). Blocking is a file status flag, shared with every duplicate of the uffd: it is
+ * cleared for the loop and set again after it (the core's own reads must not block).
+ * The close watch does not run meanwhile. Returns 0 when stopped, or -errno. */
+static int read_loop(struct uh_native *nt, struct uh_uffd_msg *msgs)
+{
+    struct uh_core *c = nt->core;
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    sigaddset(&unblock, read_signal());
+    pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
+    pthread_mutex_lock(&c->lock);
+    int fd = c->nuffds == 1 ? c->uffds[0]->fd : -1;
+    pthread_mutex_unlock(&c->lock);
+    int flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        return fd < 0 ? -EINVAL : -errno;
+    int rc = 0;
+    while (!__atomic_load_n(&nt->stop, __ATOMIC_SEQ_CST)) {
+        ssize_t got = read(fd, msgs, (size_t)nt->batch * sizeof(*msgs));
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) { /* another reader of the uffd made it non-blocking */
+                struct pollfd pfd = {.fd = fd, .events = POLLIN};
+                (void)poll(&pfd, 1, 10);
+                continue;
+            }
+            rc = -errno;
+            fail(c, errno, UH_OP_READ, 0, 0, 0);
+            break;
+        }
+        uint64_t t_read = now_ns();
+        long n = got / (long)sizeof(*msgs);
+        pthread_mutex_lock(&c->lock);
+        bump(&c->stats->batches, 1);
+        bump(&c->stats->messages, (uint64_t)n);
+        long handled = handle_msgs(c, 0, msgs, n, t_read);
+        pthread_mutex_unlock(&c->lock);
+        if (handled < 0) {
+            rc = (int)handled;
+            break;
+        }
+    }
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    return rc;
+}
+
 static void *native_main(void *arg)
 {
     struct uh_native *nt = arg;
@@ -73,8 +150,13 @@ static void *native_main(void *arg)
     pthread_setname_np(pthread_self(), "uffd-native");
     __atomic_store_n(&nt->tid, (int)gettid(), __ATOMIC_RELEASE);
 
+    if (rc == 0 && nt->wait == UH_WAIT_READ) {
+        __atomic_store_n(&nt->reading, 1, __ATOMIC_SEQ_CST);
+        rc = read_loop(nt, msgs);
+        __atomic_store_n(&nt->reading, 0, __ATOMIC_SEQ_CST);
+    }
     while (rc == 0 && !__atomic_load_n(&nt->stop, __ATOMIC_ACQUIRE)) {
-        if (nt->busy_poll) {
+        if (nt->wait == UH_WAIT_BUSY) {
             long handled = 0;
             pthread_mutex_lock(&c->lock);
             for (int i = 0; i < c->nuffds && rc == 0; i++) {
@@ -129,14 +211,17 @@ static void *native_main(void *arg)
     return NULL;
 }
 
-struct uh_native *uh_native_start(struct uh_core *c, int cpu, int busy_poll, int batch)
+struct uh_native *uh_native_start(struct uh_core *c, int cpu, int wait, int batch)
 {
+    static pthread_once_t signal_once = PTHREAD_ONCE_INIT;
+    if (wait == UH_WAIT_READ)
+        pthread_once(&signal_once, install_read_signal);
     struct uh_native *nt = calloc(1, sizeof(*nt));
     if (!nt)
         return NULL;
     nt->core = c;
     nt->cpu = cpu;
-    nt->busy_poll = busy_poll;
+    nt->wait = wait;
     nt->batch = batch > 0 ? batch : 64;
     nt->efd = c->wake_fd;
     int flags = nt->efd >= 0 ? fcntl(nt->efd, F_GETFL) : -1;
@@ -152,9 +237,17 @@ struct uh_native *uh_native_start(struct uh_core *c, int cpu, int busy_poll, int
 int uh_native_stop(struct uh_native *nt)
 {
     uint64_t one = 1;
-    __atomic_store_n(&nt->stop, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&nt->stop, 1, __ATOMIC_SEQ_CST);
     uh_core_set_stopping(nt->core, 1);
     (void)!write(nt->efd, &one, sizeof(one));
+    if (nt->wait == UH_WAIT_READ) {
+        /* The signal may land just before read() is entered: repeat until it returned.
+         * (stop and reading are seq_cst: either the loop sees stop, or this sees reading.) */
+        while (__atomic_load_n(&nt->reading, __ATOMIC_SEQ_CST)) {
+            pthread_kill(nt->thread, read_signal());
+            sleep_ns(1000000);
+        }
+    }
     pthread_join(nt->thread, NULL);
     int rc = nt->result;
     free(nt);

@@ -229,7 +229,11 @@ void uh_core_fail(struct uh_core *core, int err, int op, uint64_t addr, uint64_t
                   uint64_t done);
 
 /* The native engine: a pthread running the loop; cpu < 0 leaves it unpinned. */
-struct uh_native *uh_native_start(struct uh_core *core, int cpu, int busy_poll, int batch);
+/* wait: how the thread waits for messages */
+#define UH_WAIT_POLL 0 /* poll() the uffds and the wake eventfd */
+#define UH_WAIT_BUSY 1 /* spin on non-blocking reads */
+#define UH_WAIT_READ 2 /* block in read() of the one uffd (uffd-stress's read mode) */
+struct uh_native *uh_native_start(struct uh_core *core, int cpu, int wait, int batch);
 /* Stop (eventfd wake), join and free; returns 0 or the -errno of a failure. */
 int uh_native_stop(struct uh_native *native);
 int uh_native_done(struct uh_native *native);

@@ -218,6 +218,7 @@ KIND_TABLE: tuple[KindSpec, ...] = (
 )
 SPECS: dict[str, KindSpec] = {spec.name: spec for spec in KIND_TABLE}
 CATALOGUE_KINDS: tuple[str, ...] = tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue)
+PMD_THP_KINDS: tuple[str, ...] = tuple(spec.name for spec in KIND_TABLE if spec.thp == "pmd")
 
 
 def kinds_where(predicate: Callable[[KindSpec], bool]) -> tuple[str, ...]:

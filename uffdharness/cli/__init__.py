@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from uffdharness import __version__, interrupts
 
-from . import bench, bisect, info, kconfig, matrix, mutations, run
+from . import bench, bisect, info, kconfig, matrix, mutations, run, stress
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -24,6 +24,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     run.add_parser,
     matrix.add_parser,
     bench.add_parser,
+    stress.add_parser,
     kconfig.add_parser,
     mutations.add_parser,
     bisect.add_parser,

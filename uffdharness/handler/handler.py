@@ -67,6 +67,11 @@ class FaultHandler:
     Whatever file takes the closed fd number is never read. The child uffds it adopts from
     fork events are its own, watched the same way, and closed at stop.
 
+    ``blocking_read`` (native engine, one uffd): the thread sleeps in a blocking read() of
+    the uffd instead of in poll(), as uffd-stress's read mode does. O_NONBLOCK is cleared
+    on the uffd's open file (shared with ``uffd``) while it runs and set again at stop;
+    stop() interrupts the read with a signal. A close of ``uffd`` is not noticed meanwhile.
+
     ``on_remove`` says what a UFFD_EVENT_REMOVE (MADV_DONTNEED/MADV_REMOVE of a served
     range) does: ``"forget"`` marks the pages absent and serves them again when they fault;
     ``"unregister"`` unregisters the removed range (as the kernel selftests' handler does)
@@ -82,6 +87,7 @@ class FaultHandler:
         engine: EngineName = "native",
         cpu: int | None = None,
         busy_poll: bool = False,
+        blocking_read: bool = False,
         batch: int = 64,
         release_on_stop: bool = True,
         stop_timeout: float = 5.0,
@@ -91,6 +97,8 @@ class FaultHandler:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         if busy_poll and engine != "native":
             raise ValueError("busy_poll is a native-engine mode")
+        if blocking_read and (engine != "native" or busy_poll):
+            raise ValueError("blocking_read is a native-engine mode, exclusive of busy_poll")
         if not 1 <= batch <= 1024:
             raise ValueError(f"batch must be 1..1024 messages, got {batch}")
         if on_remove not in ("forget", "unregister"):
@@ -102,6 +110,7 @@ class FaultHandler:
             require_native(self.policy)
         self.cpu = cpu
         self.busy_poll = busy_poll
+        self.blocking_read = blocking_read
         self.batch = batch
         self.release_on_stop = release_on_stop
         self.stop_timeout = stop_timeout
@@ -188,6 +197,7 @@ class FaultHandler:
                 busy_poll=self.busy_poll,
                 batch=self.batch,
                 release_on_stop=self.release_on_stop,
+                blocking_read=self.blocking_read,
             )
         if self.engine_name == "thread":
             engine = ThreadEngine(

@@ -14,18 +14,31 @@ class NativeEngine(Engine):
     name = "native"
 
     def __init__(
-        self, core: Core, *, cpu: int | None, busy_poll: bool, batch: int, release_on_stop: bool
+        self,
+        core: Core,
+        *,
+        cpu: int | None,
+        busy_poll: bool,
+        batch: int,
+        release_on_stop: bool,
+        blocking_read: bool = False,
     ) -> None:
         self.core = core
         self.cpu = -1 if cpu is None else cpu
-        self.busy_poll = busy_poll
+        self.wait = (
+            lib.UH_WAIT_READ
+            if blocking_read
+            else lib.UH_WAIT_BUSY
+            if busy_poll
+            else lib.UH_WAIT_POLL
+        )
         self.batch = batch
         self.release_on_stop = release_on_stop
         self._ptr = ffi.NULL
         self._failure: BaseException | None = None
 
     def start(self) -> None:
-        self._ptr = lib.uh_native_start(self.core.ptr, self.cpu, int(self.busy_poll), self.batch)
+        self._ptr = lib.uh_native_start(self.core.ptr, self.cpu, self.wait, self.batch)
         if self._ptr == ffi.NULL:
             raise HarnessError("could not start the native handler thread")
 

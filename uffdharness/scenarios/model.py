@@ -26,7 +26,7 @@ from ..abi import (
 )
 from ..kernelversion import KernelVersion
 from ..kernelversion import parse as parse_version
-from ..memory import SPECS, kinds_where
+from ..memory import PMD_THP_KINDS, SPECS, kinds_where
 from ..system import Privileges
 
 Verdict = Literal["pass", "known-bug", "fail", "skip", "error", "hang"]
@@ -40,7 +40,7 @@ SHARED_KINDS = kinds_where(lambda spec: spec.shared)
 PRIVATE_KINDS = kinds_where(lambda spec: not spec.shared)
 MINOR_KINDS = kinds_where(lambda spec: spec.supports(RegisterMode.MINOR))
 # Not general: listed by the scenarios where huge pages change what the kernel does.
-THP_KINDS = ("anon-thp", "shmem-thp")
+THP_KINDS = PMD_THP_KINDS
 
 
 class Skip(Exception):

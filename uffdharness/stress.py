@@ -1,0 +1,457 @@
+"""The kernel's uffd-stress design on the harness's fault-handler engines
+(``uffdharness stress`` and the ``stress`` scenario).
+
+Two areas of one memory kind take turns. Each bounce registers one (``dst``) and, at once:
+locker threads (C) lock the mutex at the start of random or consecutive pages and
+increment the counter beside it, faulting the pages in; the handlers (the chosen engine,
+one per thread) resolve those faults with UFFDIO_COPY from the other area (``src``);
+background copier threads (C) UFFDIO_COPY every page too, racing the faults (EEXIST, then
+UFFDIO_WAKE); a churn thread splits, moves, unmaps and zaps the anonymous VMAs next to
+both areas (the per-VMA-lock races of 6.4-6.9). With ``wp`` the area is registered
+MISSING|WP, the copiers install pages with UFFDIO_COPY_MODE_WP and write-protect their
+slice half way, and the handlers also resolve WP faults. Once the copiers are done, src
+is dropped and the lockers stop; dst is unregistered and every counter checked against
+what the lockers counted. Then the areas swap.
+
+Per bounce, as uffd-stress varies them by bounce number: the lockers walk random pages or
+in sequence, start on their own slices or race on the same pages, and the native
+handlers sleep in poll() or in a blocking read() (other engines always poll).
+
+A lost or doubled increment, an errno other than EEXIST/EAGAIN, or a thread still running
+at the bounce's deadline is a failure naming the page and the bounce.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import syscalls as sc
+from ._native import ffi, lib
+from .abi import Feature, RegisterMode, WriteProtectMode, missing_features_reason
+from .errors import UffdError
+from .handler import Copy, FaultHandler, Unprotect
+from .handler.handler import EngineName
+from .memory import PAGE_SIZE, PMD_THP_KINDS, MemoryKind, Region, Reservation, kinds_where
+from .uffd import Userfaultfd
+
+# The kinds uffd-stress runs on, plus memfd and the PMD-THP kinds.
+STRESS_KINDS = kinds_where(lambda spec: True) + PMD_THP_KINDS
+CHURN_SLOTS = 3  # before area 0, between the areas, after area 1
+CHURN_PAGES = 16
+OPS = {
+    lib.UH_STRESS_OP_COPY: "UFFDIO_COPY",
+    lib.UH_STRESS_OP_WAKE: "UFFDIO_WAKE",
+    lib.UH_STRESS_OP_WRITEPROTECT: "UFFDIO_WRITEPROTECT",
+    lib.UH_STRESS_OP_RELEASE: "madvise(src)",
+    lib.UH_STRESS_OP_THREAD: "pthread_create",
+}
+POLL_SLICE = 0.1  # seconds per wait in C, so a signal is handled promptly
+STUCK_GRACE = 2.0  # after unregistering for a stuck bounce, how long threads may take
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class StressConfig:
+    memory: str = "anon"
+    mib: int = 32  # per area
+    bounces: int | None = 8
+    seconds: float | None = None  # run bounces until this much time has passed instead
+    engine: EngineName = "native"
+    wp: bool = False
+    threads: int = field(default_factory=default_threads)  # lockers, copiers and handlers
+    churn: bool = True
+    deadline: float = 30.0  # seconds a bounce may take before its threads count as stuck
+    seed: int = 1
+
+
+@dataclass
+class Bounce:
+    index: int
+    lockers: str  # "random" or "sequential"
+    start: str  # "racing" or "sliced"
+    wait: str  # how the handlers waited: "poll" or "read"
+    seconds: float
+    increments: int
+    faults: int
+    wp_faults: int
+    copies: int
+    copy_eexist: int
+    copy_eagain: int
+    churn_ops: int
+    churn_errors: int
+
+
+@dataclass
+class StressResult:
+    memory: str
+    engine: str
+    wp: bool
+    threads: int
+    mib: float
+    page_size: int
+    pages: int
+    verdict: str = "pass"  # pass, fail, or skip
+    reason: str = ""  # for skip
+    problems: list[str] = field(default_factory=list)
+    bounces: list[Bounce] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the bounce loop
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages * len(self.bounces) / self.seconds if self.seconds else 0.0
+
+    @property
+    def faults_per_s(self) -> float:
+        faults = sum(b.faults for b in self.bounces)
+        return faults / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            bounces_done=len(self.bounces),
+            pages_per_s=round(self.pages_per_s, 1),
+            faults_per_s=round(self.faults_per_s, 1),
+            seconds=round(self.seconds, 4),
+        )
+        data["bounces"] = [asdict(b) for b in self.bounces]
+        return data
+
+
+class StressError(Exception):
+    """The stress could not be set up (a skip reason)."""
+
+
+# ---- the areas and their neighbours ------------------------------------------------------
+
+
+class Arena:
+    """Both areas, each between anonymous churn slots, in one PROT_NONE reservation (plus
+    a parking slot per churn slot): [churn][area 0][churn][area 1][churn] guard [parking].
+    Everything is unmapped by close()."""
+
+    def __init__(self, kind: MemoryKind, area_length: int, unit: int, stack: ExitStack) -> None:
+        spec = kind.spec
+        self.kind = kind
+        self.unit = unit
+        align = max(spec.page_size, unit)
+        self.churn_len = max(CHURN_PAGES * PAGE_SIZE, align)
+        step = self.churn_len + area_length
+        length = CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + CHURN_SLOTS) * self.churn_len
+        self._reservation = stack.enter_context(Reservation(length, align=align))
+        base = self._reservation.start
+        self.churn = [base + i * step for i in range(CHURN_SLOTS)]
+        self.parking = [
+            base + CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + i) * self.churn_len
+            for i in range(CHURN_SLOTS)
+        ]
+        flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
+        for addr in self.churn:
+            sc.mmap(addr, self.churn_len, sc.PROT_RW, flags)
+        self.areas = [
+            stack.enter_context(self._map_area(base + self.churn_len + i * step, area_length, i))
+            for i in range(2)
+        ]
+
+    def _map_area(self, addr: int, length: int, index: int) -> Region:
+        spec = self.kind.spec
+        fd = -1
+        if spec.backing == "memfd":
+            fd = sc.memfd_create(f"uffdharness-stress-{index}", spec.memfd_flags)
+        try:
+            if fd >= 0:
+                os.ftruncate(fd, length)
+            sc.mmap(addr, length, sc.PROT_RW, spec.mmap_flags | sc.MAP_FIXED, fd, 0)
+            if spec.thp:
+                sc.madvise(addr, length, sc.MADV_HUGEPAGE)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return Region(addr, length, self.kind, page_size=self.unit, fd=fd, owns_fd=fd >= 0)
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+
+def unit_size(kind: MemoryKind) -> int:
+    """The page a counter lives in: a hugepage on hugetlb, a base page elsewhere (on the THP
+    kinds too: UFFDIO_COPY installs base pages; the THPs come and go in src)."""
+    return kind.spec.page_size if kind.spec.is_hugetlb else PAGE_SIZE
+
+
+def _features(kind: MemoryKind, wp: bool) -> tuple[RegisterMode, Feature]:
+    spec = kind.spec
+    modes = RegisterMode.MISSING | (RegisterMode.WP if wp else RegisterMode(0))
+    if not spec.supports(modes):
+        raise StressError(f"{kind.value} does not support {modes!r} registration")
+    return modes, spec.mode_features(modes)
+
+
+def bounce_modes(index: int, engine: str) -> tuple[str, str, str]:
+    """(lockers, start, wait) of bounce ``index``: the handlers alternate read() and
+    poll() every bounce, random/sequential every two, racing/sliced every four."""
+    wait = "read" if index % 2 == 0 and engine == "native" else "poll"
+    lockers = "random" if (index // 2) % 2 == 0 else "sequential"
+    start = "racing" if (index // 4) % 2 == 0 else "sliced"
+    return lockers, start, wait
+
+
+def area_pages(kind: MemoryKind, mib: int, threads: int) -> int:
+    """Pages per area: ``mib`` MiB, at least two per thread."""
+    return max(mib * (1 << 20) // unit_size(kind), 2 * threads)
+
+
+def skip_reason(config: StressConfig, facts: Any) -> str | None:
+    """Why this kernel cannot run ``config`` (None: it can), before anything is mapped."""
+    if not facts.uffd.status.startswith("available"):
+        return f"userfaultfd {facts.uffd.status}"
+    kind = MemoryKind(config.memory)
+    try:
+        _, features = _features(kind, config.wp)
+    except StressError as exc:
+        return str(exc)
+    missing = features & ~Feature(facts.uffd.features_mask or 0)
+    return missing_features_reason(missing) if missing else None
+
+
+def skipped(config: StressConfig, reason: str) -> StressResult:
+    kind = MemoryKind(config.memory)
+    unit = unit_size(kind)
+    pages = area_pages(kind, config.mib, config.threads)
+    result = StressResult(
+        config.memory,
+        config.engine,
+        config.wp,
+        config.threads,
+        pages * unit / (1 << 20),
+        unit,
+        pages,
+    )
+    result.verdict, result.reason = "skip", reason
+    return result
+
+
+def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> StressResult:
+    """One stress run on one memory kind. Raises StressError when it cannot be set up."""
+    kind = MemoryKind(config.memory)
+    unit = unit_size(kind)
+    area_length = area_pages(kind, config.mib, config.threads) * unit
+    result = StressResult(
+        config.memory,
+        config.engine,
+        config.wp,
+        config.threads,
+        area_length / (1 << 20),
+        unit,
+        area_length // unit,
+    )
+    modes, features = _features(kind, config.wp)
+    say = progress or (lambda _text: None)
+    with ExitStack() as stack:
+        try:
+            arena = Arena(kind, area_length, unit, stack)
+            uffd = stack.enter_context(Userfaultfd.open(features))
+        except UffdError as exc:
+            raise StressError(str(exc)) from exc
+        counts = ffi.new("uint64_t[]", result.pages)
+        src, dst = arena.areas
+        lib.uh_stress_init(ffi.cast("char *", src.addr), result.pages, unit, counts)
+        started = time.monotonic()
+        index = 0
+        while True:
+            if config.bounces is not None and index >= config.bounces:
+                break
+            if config.seconds is not None and time.monotonic() - started >= config.seconds:
+                break
+            bounce = _bounce(config, index, arena, uffd, modes, src, dst, counts, result)
+            result.bounces.append(bounce)
+            elapsed = time.monotonic() - started
+            total = f" of {config.bounces}" if config.bounces is not None else ""
+            say(
+                f"{config.memory}: bounce {index + 1}{total} {bounce.lockers} {bounce.start} "
+                f"{bounce.wait}: {bounce.faults / bounce.seconds:,.0f} faults/s, "
+                f"{result.pages * (index + 1) / elapsed:,.0f} pages/s"
+            )
+            if result.problems:
+                break
+            src, dst = dst, src
+            index += 1
+        result.seconds = time.monotonic() - started
+    result.verdict = "fail" if result.problems else "pass"
+    return result
+
+
+def _bounce(
+    config: StressConfig,
+    index: int,
+    arena: Arena,
+    uffd: Userfaultfd,
+    modes: RegisterMode,
+    src: Region,
+    dst: Region,
+    counts: Any,
+    result: StressResult,
+) -> Bounce:
+    lockers, start, wait = bounce_modes(index, config.engine)
+    spec = arena.kind.spec
+    uffd.register(dst, mode=modes)
+    # dst still holds the bounce before last: give its pages back so every one faults.
+    _drop(dst)
+    policy = Copy(src) | Unprotect() if config.wp else Copy(src)
+    handlers = []
+    b = ffi.new("struct uh_stress_bounce *")
+    began = time.monotonic()
+    try:
+        for _ in range(config.threads):
+            handler = FaultHandler(
+                uffd,
+                policy,
+                (dst.addr, dst.length, arena.unit),
+                engine=config.engine,
+                blocking_read=wait == "read",
+                release_on_stop=False,  # dst is unprotected and unregistered below
+            )
+            handlers.append(handler.start())
+        b.uffd = uffd.fileno()
+        b.src = ffi.cast("char *", src.addr)
+        b.dst = ffi.cast("char *", dst.addr)
+        b.npages = result.pages
+        b.page_size = arena.unit
+        b.count_verify = counts
+        b.lockers = b.copiers = config.threads
+        b.random = lockers == "random"
+        b.racing = start == "racing"
+        b.copy_mode_wp = int(config.wp)
+        b.release_advice = spec.drop_advice
+        b.release_fd = _private_file(src)
+        b.seed = config.seed * 1000 + index
+        if config.churn:
+            b.nchurn = len(arena.churn)
+            b.churn_len = arena.churn_len
+            for i, (slot, parking) in enumerate(zip(arena.churn, arena.parking, strict=True)):
+                b.churn[i] = ffi.cast("char *", slot)
+                b.parking[i] = ffi.cast("char *", parking)
+        rc = lib.uh_stress_start(b)
+        if rc < 0:
+            raise OSError(-rc, f"stress threads: {os.strerror(-rc)}")
+        _wait(b, began + config.deadline, uffd, dst, index, result)
+    finally:
+        lib.uh_stress_abort(b)
+        stats = []
+        for handler in handlers:
+            try:
+                stats.append(handler.stop())
+            except Exception as exc:  # the engine's own failure: report it, keep tearing down
+                result.problems.append(f"bounce {index}: handler failed: {exc}")
+        try:
+            if config.wp:
+                uffd.writeprotect(dst, mode=WriteProtectMode(0))
+        finally:
+            uffd.unregister(dst)  # wakes whatever still waits in a fault on dst
+            _reap(b, index)
+    seconds = time.monotonic() - began
+    _judge(b, index, dst, counts, result)
+    return Bounce(
+        index,
+        lockers,
+        start,
+        wait,
+        seconds,
+        b.increments,
+        sum(s.faults.missing for s in stats),
+        sum(s.faults.wp for s in stats),
+        b.copies,
+        b.copy_eexist,
+        b.copy_eagain,
+        b.churn_ops,
+        b.churn_errors,
+    )
+
+
+def _private_file(region: Region) -> int:
+    """The fd to punch besides the drop advice: a private file mapping's page cache."""
+    return region.fd if region.fd >= 0 and not region.kind.spec.shared else -1
+
+
+def _drop(region: Region) -> None:
+    region.madvise(region.kind.spec.drop_advice)
+    if _private_file(region) >= 0:
+        region.punch_hole()
+
+
+def _wait(
+    b: Any, deadline: float, uffd: Userfaultfd, dst: Region, index: int, result: StressResult
+) -> None:
+    """Wait for the bounce's threads in short slices (signals are handled between them).
+    Past the deadline they count as stuck: the caller unregisters dst, which wakes a thread
+    stuck in a fault, and reaps them."""
+    while True:
+        now = time.monotonic()
+        slice_end = min(now + POLL_SLICE, deadline)
+        left = lib.uh_stress_wait(b, _to_ns(slice_end))
+        if left == 0:
+            return
+        if time.monotonic() >= deadline:
+            break
+    result.problems.append(
+        f"bounce {index}: {left} threads still running {deadline - time.monotonic() + 0:.0f}s "
+        "past the deadline"
+    )
+    lib.uh_stress_abort(b)
+
+
+def _reap(b: Any, index: int) -> None:
+    """Join the bounce's threads before their memory goes (on an exception; after a normal
+    bounce they are already joined and this returns at once)."""
+    grace = time.monotonic() + STUCK_GRACE
+    while lib.uh_stress_wait(b, _to_ns(min(time.monotonic() + POLL_SLICE, grace))):
+        if time.monotonic() >= grace:
+            # Blocked beyond that, they are in the kernel for good: end the process rather
+            # than unmap memory under them.
+            os.write(2, f"stress: bounce {index}: threads stuck after unregister\n".encode())
+            os._exit(1)
+
+
+def _to_ns(monotonic_s: float) -> int:
+    # time.monotonic() and CLOCK_MONOTONIC are the same clock on Linux.
+    return int(monotonic_s * 1e9)
+
+
+def _judge(b: Any, index: int, dst: Region, counts: Any, result: StressResult) -> None:
+    if b.err:
+        result.problems.append(
+            f"bounce {index}: {OPS.get(b.err_op, b.err_op)} at {b.err_addr:#x} failed with "
+            f"{_errno_name(b.err)}"
+        )
+    if b.corruptions:
+        page = b.corrupt_page
+        result.problems.append(
+            f"bounce {index}: page {page} (offset {page * dst.page_size:#x}): a locker read "
+            f"counter {b.corrupt_found}, expected {b.corrupt_expected} "
+            f"({b.corruptions} such reads)"
+        )
+    found = ffi.new("uint64_t *")
+    bad = lib.uh_stress_verify(
+        ffi.cast("char *", dst.addr), dst.pages, dst.page_size, counts, found
+    )
+    if bad >= 0:
+        result.problems.append(
+            f"bounce {index}: page {bad} (offset {bad * dst.page_size:#x}) holds counter "
+            f"{found[0]} after the bounce, the lockers counted {counts[bad]}"
+        )
+    if not b.increments:
+        result.problems.append(f"bounce {index}: the lockers incremented nothing")
+
+
+def _errno_name(err: int) -> str:
+    import errno
+
+    return errno.errorcode.get(err, str(err))
