@@ -110,7 +110,7 @@ static void *locker_main(void *arg)
     struct uh_stress_bounce *b = w->b;
     size_t per_thread = b->npages / (size_t)b->lockers;
     size_t nr = b->racing ? 0 : (size_t)w->index * per_thread;
-    while (!stopping(w, 0)) {
+    do { /* at least once: copiers may be done before a locker first runs */
         nr = b->random ? (size_t)(next_random(&w->rng) % b->npages) : (nr + 1) % b->npages;
         pthread_mutex_t *mutex = page_mutex(b->dst, b->page_size, nr);
         pthread_mutex_lock(mutex); /* faults the page in: missing, or WP on a protected one */
@@ -128,7 +128,7 @@ static void *locker_main(void *arg)
         __atomic_store_n(&b->count_verify[nr], count, __ATOMIC_RELAXED);
         pthread_mutex_unlock(mutex);
         w->increments++;
-    }
+    } while (!stopping(w, 0));
     return NULL;
 }
 

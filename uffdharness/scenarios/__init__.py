@@ -8,6 +8,7 @@ from . import registration as _registration  # noqa: F401
 from . import rwp as _rwp  # noqa: F401
 from . import rwp_state as _rwp_state  # noqa: F401
 from . import sigbus as _sigbus  # noqa: F401
+from . import stress as _stress  # noqa: F401
 from . import vmm as _vmm  # noqa: F401
 from . import wp as _wp  # noqa: F401
 from . import wp_cleared as _wp_cleared  # noqa: F401

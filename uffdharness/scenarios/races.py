@@ -35,6 +35,7 @@ RACE_SHARE = 0.2
 OP_REGIONS = 3
 CHURN_REGIONS = 3
 REGION_PAGES = 16
+HUGETLB_REGION_PAGES = 4  # 2 MiB pages: 6 slots of 4 in a hugetlb run
 RESOLVERS = 2
 MUTATORS = 2
 ALLOWED_ERRNOS = frozenset({"EAGAIN", "ENOENT", "EEXIST"})
@@ -54,11 +55,19 @@ class Arena:
 
     def __init__(self, spec: KindSpec) -> None:
         self.spec = spec
-        self.slot_length = REGION_PAGES * PAGE_SIZE
+        self.page_size = spec.page_size if spec.is_hugetlb else PAGE_SIZE
+        self.pages = HUGETLB_REGION_PAGES if spec.is_hugetlb else REGION_PAGES
+        self.slot_length = self.pages * self.page_size
         self.slots = OP_REGIONS + CHURN_REGIONS
         # op/churn slots, one guard slot, the parking slots; a guard slot each side.
         length = (self.slots + 1 + CHURN_REGIONS) * self.slot_length
-        self._reservation = Reservation(length, guard=self.slot_length)
+        self._reservation = Reservation(length, align=self.page_size, guard=self.slot_length)
+        # hugetlb as an anonymous MAP_HUGETLB mapping (its own hugetlbfs file), shared or
+        # private as the kind says: the same hugetlb VMA code, and a slot can be remapped
+        # without a file offset to track.
+        self.flags = self.spec.mmap_flags
+        if spec.is_hugetlb:
+            self.flags |= sc.MAP_ANONYMOUS | sc.MAP_HUGETLB
 
     def slot(self, index: int) -> int:
         """Slots 0..slots-1 alternate op, churn, op, churn...; one guard slot, then the
@@ -72,7 +81,7 @@ class Arena:
         """Map memory of the arena's kind at ``addr``: MAP_FIXED over our own reservation,
         MAP_FIXED_NOREPLACE where a hole was left (EEXIST if something else took it)."""
         fixed = sc.MAP_FIXED if replace else sc.MAP_FIXED_NOREPLACE
-        return sc.mmap(addr, length, sc.PROT_RW, self.spec.mmap_flags | fixed)
+        return sc.mmap(addr, length, sc.PROT_RW, self.flags | fixed)
 
     def placeholder(self, addr: int, length: int) -> None:
         flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE
@@ -96,6 +105,7 @@ class OpRegion:
     def __init__(self, index: int, region: Region, reset_advice: int) -> None:
         self.index = index
         self.region = region
+        self.pages = region.pages
         self.reset_advice = reset_advice
         self.lock = threading.Lock()
         self.expected: dict[int, bytes] = {}
@@ -119,8 +129,10 @@ def _verify(op: OpRegion, tally: Tally) -> None:
     reading a page that is not there would block in a missing fault)."""
     region = op.region
     with Pagemap() as pagemap:
-        present = [e.present for e in pagemap.entries(region.addr, region.length)]
-    for page in range(REGION_PAGES):
+        # one pagemap entry per base page, also over a hugetlb page
+        step = region.page_size // PAGE_SIZE
+        present = [e.present for e in pagemap.entries(region.addr, region.length)][::step]
+    for page in range(op.pages):
         tag = op.expected.get(page)
         if tag is None:
             if present[page]:
@@ -130,18 +142,24 @@ def _verify(op: OpRegion, tally: Tally) -> None:
             tally.problems.append(f"op{op.index} page {page}: resolved ({tag!r}) then lost")
             continue
         tally.pages_verified += 1
-        at = region.find_mismatch(tag, page * PAGE_SIZE, PAGE_SIZE)
+        at = region.find_mismatch(tag, page * region.page_size, region.page_size)
         if at is not None:
             found = region.read(at - at % 16, 16)
             tally.problems.append(f"op{op.index} page {page}: expected {tag!r}, read {found!r}")
 
 
 def _resolve(
-    uffd: Userfaultfd, name: str, dst: int, tag: bytes, source: Region | None, serial: int
+    uffd: Userfaultfd,
+    name: str,
+    dst: int,
+    tag: bytes,
+    source: Region | None,
+    serial: int,
+    page_size: int,
 ) -> None:
     """Resolve one page at ``dst`` with operation ``name`` so that it holds ``tag``."""
     if name == "COPY":
-        uffd.copy(dst, tag * (PAGE_SIZE // 16))
+        uffd.copy(dst, tag * (page_size // 16))
     elif name == "ZEROPAGE":
         uffd.zeropage(dst, PAGE_SIZE)
     else:
@@ -164,13 +182,13 @@ def _resolver(
     while time.monotonic() < deadline:
         op = rng.choice(ops)
         with op.lock:
-            free = [p for p in range(REGION_PAGES) if p not in op.expected]
-            page = rng.choice(free) if free and rng.random() < 0.9 else rng.randrange(REGION_PAGES)
+            free = [p for p in range(op.pages) if p not in op.expected]
+            page = rng.choice(free) if free and rng.random() < 0.9 else rng.randrange(op.pages)
             name = rng.choice(operations)
             serial += 1
             tag = ZERO_TAG if name == "ZEROPAGE" else _tag(op.index, page, name, thread, serial)
             dst = op.region.page_addr(page)
-            outcome = errno_of(_resolve, uffd, name, dst, tag, source, serial)
+            outcome = errno_of(_resolve, uffd, name, dst, tag, source, serial, op.region.page_size)
             if outcome != "ok":
                 tally.errnos[f"{name}:{outcome}"] += 1
                 if outcome == "EEXIST" and page not in op.expected:
@@ -180,7 +198,7 @@ def _resolver(
                     tally.problems.append(f"op{op.index} page {page}: {name} resolved it twice")
                 op.expected[page] = tag
                 tally.ops[name] += 1
-            if len(op.expected) == REGION_PAGES:
+            if len(op.expected) == op.pages:
                 _verify(op, tally)
                 op.region.madvise(op.reset_advice)
                 op.expected.clear()
@@ -200,8 +218,11 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
     length = arena.slot_length
     half = length // 2
     if action == "dontneed":
-        try:
-            uffd.zeropage(churn.addr, length)  # populate without touching (no handler here)
+        try:  # populate without touching (no handler here); no ZEROPAGE on hugetlb
+            if arena.spec.is_hugetlb:
+                uffd.copy(churn.addr, bytes(arena.page_size))
+            else:
+                uffd.zeropage(churn.addr, length)
         except UffdError as exc:
             if exc.errno_name != "EEXIST":  # part of the slot still populated
                 raise
@@ -243,6 +264,8 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
 
 
 CHURN_ACTIONS = ("dontneed", "mremap_resize", "mremap_move", "munmap")
+# mremap cannot grow a hugetlb VMA (EINVAL): a shrunk slot would be lost.
+HUGETLB_CHURN_ACTIONS = ("dontneed", "mremap_move", "munmap")
 
 
 def _mutator(
@@ -255,7 +278,7 @@ def _mutator(
         with churn.lock:
             if churn.lost:
                 continue
-            action = rng.choice(CHURN_ACTIONS)
+            action = rng.choice(HUGETLB_CHURN_ACTIONS if arena.spec.is_hugetlb else CHURN_ACTIONS)
             try:
                 _mutate(arena, uffd, churn, action)
                 tally.mutations[action] += 1
@@ -285,13 +308,16 @@ def _merge(tallies: list[Tally]) -> Tally:
     "munmap, MADV_DONTNEED and re-register the neighbouring VMAs: resolved data stays "
     "intact, errors are only EAGAIN/ENOENT/EEXIST and nothing hangs (per-VMA locks in uffd "
     "operations, 6.9 era)",
-    memory=("anon", "shmem"),
+    memory=("anon", "shmem", "hugetlb"),
     modes=RegisterMode.MISSING,
     uses=("drop", "zap", "mremap"),
+    # the slots, and room for a churn slot refilled before its old pages are freed
+    hugepages=(OP_REGIONS + 2 * CHURN_REGIONS) * HUGETLB_REGION_PAGES,
 )
 def per_vma_lock_race(ctx: Context) -> Observation:
     features = ctx.mode_features(RegisterMode.MISSING)
-    operations: tuple[str, ...] = ("COPY", "ZEROPAGE")
+    # UFFDIO_ZEROPAGE is not offered on hugetlb (EINVAL).
+    operations: tuple[str, ...] = ("COPY",) if ctx.spec.is_hugetlb else ("COPY", "ZEROPAGE")
     # UFFDIO_MOVE (6.8) moves only private anonymous pages (EINVAL on shmem VMAs).
     if ctx.spec.family == "anon" and ctx.offered & Feature.MOVE:
         features |= Feature.MOVE
@@ -314,7 +340,7 @@ def _race(
         addr = arena.map(arena.slot(index), arena.slot_length, replace=True)
         uffd.register(addr, arena.slot_length, RegisterMode.MISSING)
         if index % 2 == 0:
-            region = Region(addr, arena.slot_length, ctx.memory, page_size=PAGE_SIZE)
+            region = Region(addr, arena.slot_length, ctx.memory, page_size=arena.page_size)
             ops.append(OpRegion(index // 2, region, reset))
         else:
             churns.append(ChurnRegion(index // 2, addr))
@@ -349,7 +375,8 @@ def _race(
             "layout": {
                 "op_regions": OP_REGIONS,
                 "churn_regions": CHURN_REGIONS,
-                "pages_each": REGION_PAGES,
+                "pages_each": arena.pages,
+                "page_size": arena.page_size,
             },
             "ops_done": dict(total.ops),
             "op_errnos": dict(total.errnos),
