@@ -328,7 +328,8 @@ def _bounce(
                 blocking_read=wait == "read",
                 release_on_stop=False,  # dst is unprotected and unregistered below
             )
-            handlers.append(handler.start())
+            handlers.append(handler)  # before start(): a signal may land right after it
+            handler.start()
         b.uffd = uffd.fileno()
         b.src = ffi.cast("char *", src.addr)
         b.dst = ffi.cast("char *", dst.addr)

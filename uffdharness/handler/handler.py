@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterable
@@ -174,6 +175,7 @@ class FaultHandler:
     def start(self) -> FaultHandler:
         if self._state != "new":
             raise HarnessError(f"handler is {self._state}")
+        engine: Engine | None = None
         try:
             if self.uffd.closed:  # its number may hold another file by now: never dup that
                 raise UffdClosedError(errno.EBADF, "userfaultfd", detail="closed before start()")
@@ -182,7 +184,13 @@ class FaultHandler:
             engine = self._make_engine()
             engine.start()
         except BaseException:
-            self._state = "stopped"  # nothing runs: free the core and its duplicate now
+            self._state = "stopped"
+            if engine is not None:
+                # A signal's exception can land right after start() returned: the engine
+                # runs on the core, so stop it before the core is freed.
+                self._engine = engine
+                with contextlib.suppress(Exception):  # the exception raised here matters
+                    engine.stop()
             self._close()
             raise
         self._engine = engine
