@@ -26,15 +26,19 @@ MIN_BOUNCES = 2  # both handler wait modes, whatever the time
     "timeout), C lockers increment per-page counters in the registered area while native "
     "handlers (alternating blocking read() and poll()) and background threads UFFDIO_COPY "
     "every page from the other area (EEXIST then WAKE) and the neighbouring VMAs are split, "
-    "moved and unmapped; after each bounce every counter holds what the lockers counted, "
-    "no errno but EEXIST/EAGAIN, no thread stuck",
+    "moved and unmapped; with uffd-wp where the kind has it (COPY_MODE_WP, WP faults "
+    "resolved); after each bounce every counter holds what the lockers counted, no errno "
+    "but EEXIST/EAGAIN, no thread stuck",
     memory=ALL_KINDS + THP_KINDS,
     modes=RegisterMode.MISSING,
+    probes=RegisterMode.MISSING | RegisterMode.WP,
     uses=("drop",),
     hugepages=2 * stress.area_pages_for(MIB, THREADS, 2 << 20),
 )
 def stress_scenario(ctx: Context) -> Observation:
     seconds = min(STRESS_SECONDS, STRESS_SHARE * ctx.timeout)
+    # uffd-stress adds the WP round trips wherever the kind and kernel have uffd-wp.
+    wp = ctx.probe_features(RegisterMode.MISSING | RegisterMode.WP) is not None
     config = stress.StressConfig(
         memory=ctx.memory.value,
         mib=MIB,
@@ -42,6 +46,7 @@ def stress_scenario(ctx: Context) -> Observation:
         seconds=seconds,
         min_bounces=MIN_BOUNCES,
         engine="native",
+        wp=wp,
         threads=THREADS,
         deadline=max(1.0, 0.5 * ctx.timeout),
     )
@@ -50,11 +55,13 @@ def stress_scenario(ctx: Context) -> Observation:
         {
             "seconds": round(result.seconds, 3),
             "pages": result.pages,
+            "wp": wp,
             "page_size": result.page_size,
             "bounces": [
                 {
                     "modes": f"{b.lockers} {b.start} {b.wait}",
                     "faults": b.faults,
+                    "wp_faults": b.wp_faults,
                     "copies": b.copies,
                     "copy_eexist": b.copy_eexist,
                     "increments": b.increments,
