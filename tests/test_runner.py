@@ -253,10 +253,12 @@ def test_reports_validate(tmp_path):
 
     ktap = reports.ktap(results).splitlines()
     assert ktap[:2] == ["KTAP version 1", "1..4"]
-    assert ktap[2] == "ok 1 fine_anon"
-    assert ktap[3].startswith("ok 2 bug_anon # known-bug:")
-    assert "not ok 3 broken_anon" in ktap
-    assert ktap[-2].startswith("ok 4 skipped_anon # SKIP")
+    assert ktap[2:5] == ["  KTAP version 1", "  1..1", "  ok 1 anon"]
+    assert ktap[5] == "ok 1 fine"
+    assert ktap[8].startswith("  ok 1 anon # XFAIL")
+    assert "  not ok 1 anon # ERROR RuntimeError" in "\n".join(ktap)
+    assert "not ok 3 broken" in ktap
+    assert ktap[-2].startswith("ok 4 skipped # SKIP")
 
 
 def test_cli_run_exit_code_and_outputs(tmp_path):

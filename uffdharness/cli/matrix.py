@@ -118,6 +118,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action
         parser.add_argument(
             "--junit", metavar="FILE", help="write JUnit XML to FILE, one testsuite per kernel"
         ),
+        parser.add_argument(
+            "--ktap",
+            action="store_true",
+            help="print one KTAP document (a top-level test per kernel) instead of the table",
+        ),
         parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr"),
     )
 
@@ -244,7 +249,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         settings["interrupted"] = signal_name(signum)
     status = exit_status(runs)
     try:
-        report.print_table(runs, out, wall)
+        if args.ktap:
+            out.write(report.ktap(runs))
+        else:
+            report.print_table(runs, out, wall)
         out.flush()
     except OSError as exc:  # a terminal gone with SIGHUP; the reports below still count
         err.write(f"uffdharness matrix: cannot print the table: {describe_error(exc)}\n")

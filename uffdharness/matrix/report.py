@@ -40,6 +40,17 @@ LEGEND = (
 DETAIL_WIDTH = 220
 
 
+# --- KTAP --------------------------------------------------------------------------------
+
+
+def ktap(runs: Sequence[KernelRun]) -> str:
+    """The whole matrix as one KTAP document: a top-level test per kernel, named by its
+    spec and release."""
+    return reports.ktap_kernels(
+        [(f"{run.spec} {run.release}".strip(), run.results) for run in runs]
+    )
+
+
 # --- JSON --------------------------------------------------------------------------------
 
 
