@@ -265,3 +265,66 @@ def test_uffd_stress_builds_from_the_cached_tree_and_runs(tmp_path):
     assert run.wall_s > 0 and run.loop_s is not None and run.loop_s <= run.wall_s
     # A second call is the cache.
     assert bench.build_uffd_stress(tree, CACHED_73.identity.text, tmp_path, print) == binary
+
+
+FAKE_HARNESS = """\
+import json, sys
+seconds = float(sys.argv.pop(1))
+argv = sys.argv[1:]
+option = dict(zip(argv[1::2], argv[2::2]))  # argv[0] is "stress"
+pages = 8192 * int(option["--bounces"])
+run = {"memory": option["--memory"], "engine": option["--engine"], "mib": int(option["--mib"]),
+       "bounces": int(option["--bounces"]), "pages": pages, "seconds": seconds,
+       "pages_per_s": pages / seconds, "verdict": "pass"}
+json.dump({"runs": [run]}, open(option["--json"], "w"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("harness_s", "status", "verdict"),
+    [
+        (0.25, 0, "target loop/us >= 1.0 met"),
+        (4.0, 1, "target loop/us >= 1.0 missed: anon"),
+        (None, 0, "loop/us and wall/us = uffdharness / uffd-stress"),  # no stress command
+    ],
+)
+def test_both_sides_run_interleaved_and_the_target_is_judged(
+    monkeypatch, tmp_path, capsys, harness_s, status, verdict
+):
+    # uffd-stress: 32768 pages in at least 0.5 s, at most 65536 pages/s
+    fake_stress = tmp_path / "uffd-stress"
+    fake_stress.write_text(f"#!/bin/sh\nsleep 0.5\ncat <<'EOF'\n{ANON_OUTPUT}EOF\n")
+    fake_stress.chmod(0o755)
+    fake_harness = tmp_path / "harness.py"
+    fake_harness.write_text(FAKE_HARNESS)
+    order = []
+
+    def harness_argv(memory, mib, bounces, engine, json_path):
+        order.append("uffdharness")
+        options = ["--memory", memory, "--mib", str(mib), "--bounces", str(bounces)]
+        options += ["--engine", engine, "--json", json_path]
+        return [sys.executable, str(fake_harness), str(harness_s), "stress", *options]
+
+    real_run = bench.run_uffd_stress
+
+    def run_uffd_stress(*args, **kwargs):
+        order.append("uffd-stress")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "obtain_source", lambda spec, log: (tmp_path, "fake", "fake 1.0"))
+    monkeypatch.setattr(bench, "build_uffd_stress", lambda *args: fake_stress)
+    monkeypatch.setattr(bench, "harness_available", lambda: harness_s is not None)
+    monkeypatch.setattr(bench, "_harness_argv", harness_argv)
+    monkeypatch.setattr(bench, "run_uffd_stress", run_uffd_stress)
+    assert bench.main(["--bounces", "4", "--reps", "2"]) == status
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("anon "))
+    assert "   32768  " in row  # 8192 pages x 4 bounces
+    assert out.rstrip().endswith(verdict)
+    if harness_s is None:
+        assert order == ["uffd-stress", "uffd-stress"]
+        assert "uffdharness stress not available: timing uffd-stress alone" in out
+        return
+    assert order == ["uffd-stress", "uffdharness", "uffdharness", "uffd-stress"]
+    assert "uffdharness stress not available" not in out
+    assert f"{32768 / harness_s:,.0f}" in row
