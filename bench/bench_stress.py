@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -402,12 +403,20 @@ def _child(argv: Sequence[str], **popen: object) -> Iterator[subprocess.Popen]:
             proc.stdout.close()
 
 
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every reaped child (and theirs): the difference
+    around one run is that run's, its threads included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass(frozen=True)
 class StressRun:
     output: StressOutput
     pages: int
     wall_s: float  # exec to exit
     loop_s: float | None  # first "bounces:" line to exit
+    cpu_s: float = 0.0  # user + system, all its threads
 
     @property
     def pages_per_s(self) -> float:
@@ -425,6 +434,7 @@ def run_uffd_stress(
     argv = [str(binary), stress_type, str(mib), str(bounces)]
     chunks: list[bytes] = []
     first_bounce: float | None = None
+    cpu_before = children_cpu_s()
     started = time.monotonic()
     with _child(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
@@ -453,7 +463,8 @@ def run_uffd_stress(
         tail = "\n".join(text.strip().splitlines()[-10:])
         raise BenchError(f"{' '.join(argv)} failed (exit {status}):\n{tail}")
     loop_s = ended - first_bounce if first_bounce is not None else None
-    return StressRun(output, output.nr_pages * bounces, ended - started, loop_s)
+    cpu_s = children_cpu_s() - cpu_before
+    return StressRun(output, output.nr_pages * bounces, ended - started, loop_s, cpu_s)
 
 
 def _harness_argv(memory: str, mib: int, bounces: int, engine: str, json_path: str) -> list:
@@ -496,6 +507,7 @@ def harness_available() -> bool:
 class HarnessTimed:
     run: HarnessRun
     wall_s: float  # the whole `uffdharness stress` process
+    cpu_s: float = 0.0  # user + system of that process and its children
 
     @property
     def wall_pages_per_s(self) -> float:
@@ -506,6 +518,7 @@ def run_harness(memory: str, mib: int, bounces: int, engine: str, timeout: float
     with tempfile.TemporaryDirectory(prefix="bench-stress-") as scratch:
         json_path = os.path.join(scratch, "stress.json")
         argv = _harness_argv(memory, mib, bounces, engine, json_path)
+        cpu_before = children_cpu_s()
         started = time.monotonic()
         with _child(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_harness_env()
@@ -515,6 +528,7 @@ def run_harness(memory: str, mib: int, bounces: int, engine: str, timeout: float
             except subprocess.TimeoutExpired as exc:
                 raise BenchError(f"uffdharness stress did not finish in {timeout} s") from exc
         wall_s = time.monotonic() - started
+        cpu_s = children_cpu_s() - cpu_before
         text = out.decode(errors="replace")
         try:
             report = json.loads(Path(json_path).read_text())
@@ -524,7 +538,7 @@ def run_harness(memory: str, mib: int, bounces: int, engine: str, timeout: float
             raise BenchError(
                 f"uffdharness stress (exit {proc.returncode}) gave no usable report: {exc}\n{tail}"
             ) from exc
-    return HarnessTimed(run, wall_s)
+    return HarnessTimed(run, wall_s, cpu_s)
 
 
 # ---- the comparison ---------------------------------------------------------------------
@@ -593,12 +607,15 @@ def format_row(result: KindResult) -> str:
 
 def describe_model(cpus: int, bounces: int) -> str:
     parallel = parallel_threads(cpus)
-    modes = [bounce_mode(remaining).strip() for remaining in reversed(range(bounces))]
+    if bounces <= 16:
+        modes = ", ".join(bounce_mode(left).strip() for left in reversed(range(bounces)))
+    else:  # the cycle repeats every 16 bounces
+        modes = "from the bits of the bounces left: 1 rnd, 2 racing, 4 ver, 8 poll (else read)"
     return (
         f"uffd-stress threads: {cpus} CPUs online -> every bounce starts {parallel} locking + "
         f"{parallel} uffd + {parallel} background threads (one uffd); uffd threads read(2) "
         f"in {bounces - poll_bounces(bounces)} and poll(2) in {poll_bounces(bounces)} of "
-        f"{bounces} bounces; modes by bounce: {', '.join(modes)}"
+        f"{bounces} bounces; modes by bounce: {modes}"
     )
 
 
@@ -625,7 +642,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _reserve_hugepages(
-    stack: contextlib.ExitStack, stress_type: str, mib: int, cpus: int
+    stack: contextlib.ExitStack, stress_type: str, mib: int, cpus: int, log: Log
 ) -> str | None:
     """Reserve what uffd-stress needs for a hugetlb type; a skip reason if it cannot."""
     size_kb = hugepages.default_size_kb()
@@ -639,6 +656,7 @@ def _reserve_hugepages(
         return f"needs {needed} free {size_kb} kB hugepages and only root may reserve them"
     try:
         stack.enter_context(hugepages.HugepagePool(shortfall, size_kb))
+        log(f"reserved {shortfall} more {size_kb} kB hugepages (given back when the run ends)")
     except OSError as exc:
         return f"cannot reserve {shortfall} hugepages of {size_kb} kB: {exc}"
     return None
@@ -650,19 +668,25 @@ def compare(args: argparse.Namespace, binary: Path, harness: bool, log: Log) -> 
     with contextlib.ExitStack() as stack:
         for result in results:
             if result.stress_type in HUGETLB_TYPES:
-                result.skip_reason = _reserve_hugepages(stack, result.stress_type, args.mib, cpus)
+                result.skip_reason = _reserve_hugepages(
+                    stack, result.stress_type, args.mib, cpus, log
+                )
         for rep in range(args.reps):
             for result in results:
                 if result.skip_reason:
                     continue
                 sides = ["uffd-stress", "uffdharness"] if harness else ["uffd-stress"]
                 for side in sides if rep % 2 == 0 else reversed(sides):
-                    log(f"rep {rep + 1}/{args.reps}: {side} {result.memory}")
+                    where = f"rep {rep + 1}/{args.reps}: {side} {result.memory}"
                     if side == "uffdharness":
-                        result.harness.append(
-                            run_harness(
-                                result.memory, args.mib, args.bounces, args.engine, args.timeout
-                            )
+                        timed = run_harness(
+                            result.memory, args.mib, args.bounces, args.engine, args.timeout
+                        )
+                        result.harness.append(timed)
+                        log(
+                            f"{where}: loop {timed.run.seconds:.3f} s "
+                            f"({timed.run.pages_per_s:,.0f} pages/s), wall {timed.wall_s:.3f} s, "
+                            f"CPU {timed.cpu_s:.3f} s"
                         )
                         continue
                     run = run_uffd_stress(
@@ -670,8 +694,13 @@ def compare(args: argparse.Namespace, binary: Path, harness: bool, log: Log) -> 
                     )
                     if isinstance(run, str):
                         result.skip_reason = f"uffd-stress: {run}"
+                        log(f"{where}: skipped: {run}")
                         break
                     result.stress.append(run)
+                    log(
+                        f"{where}: {run.wall_s:.3f} s ({run.pages_per_s:,.0f} pages/s), "
+                        f"CPU {run.cpu_s:.3f} s"
+                    )
     return results
 
 
@@ -681,7 +710,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
-    pool_before = hugepages.counts().persistent if hugepages.default_size_kb() else None
     try:
         with interrupts.raising():
             try:
@@ -707,13 +735,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_stress: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if pool_before is not None and hugepages.counts().persistent != pool_before:
-            print(
-                f"warning: hugepage pool is {hugepages.counts().persistent}, "
-                f"was {pool_before} before this run",
-                file=sys.stderr,
-            )
     print()
     print(HEADER)
     for result in results:
@@ -722,7 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "uffd-stress = pages/s over its whole process; ~loop = from its first bounce to exit; "
         "uh loop = uffdharness's bounce loop (its JSON); uh wall = the whole uffdharness "
-        "process; loop/us and wall/us = uffdharness / uffd-stress"
+        "process; loop/us and wall/us = uffdharness / uffd-stress; pages = pages of the "
+        "kind's size moved (area x bounces); faults = share resolved by uffd threads (the "
+        "rest by background UFFDIO_COPY)"
     )
     if not harness:
         return 0

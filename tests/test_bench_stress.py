@@ -328,3 +328,10 @@ def test_both_sides_run_interleaved_and_the_target_is_judged(
     assert order == ["uffd-stress", "uffdharness", "uffdharness", "uffd-stress"]
     assert "uffdharness stress not available" not in out
     assert f"{32768 / harness_s:,.0f}" in row
+
+
+def test_a_long_run_names_the_mode_bits_instead_of_every_bounce():
+    line = bench.describe_model(4, 2000)
+    assert "4 locking + 4 uffd + 4 background threads" in line
+    assert "read(2) in 1000 and poll(2) in 1000 of 2000 bounces" in line
+    assert line.endswith("1 rnd, 2 racing, 4 ver, 8 poll (else read)")
