@@ -285,7 +285,7 @@ json.dump({"runs": [run]}, open(option["--json"], "w"))
     [
         (0.25, 0, "target loop/us >= 1.0 met"),
         (4.0, 1, "target loop/us >= 1.0 missed: anon"),
-        (None, 0, "loop/us and wall/us = uffdharness / uffd-stress"),  # no stress command
+        (None, 0, "rest by background UFFDIO_COPY)"),  # no stress command: the footnote ends
     ],
 )
 def test_both_sides_run_interleaved_and_the_target_is_judged(
