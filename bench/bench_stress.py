@@ -276,7 +276,12 @@ def entry_name(identity: str) -> str:
 
 
 def _run(argv: Sequence[str], what: str, timeout: float) -> None:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what} did not finish in {timeout} s") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise BenchError(f"{what} failed (exit {proc.returncode}):\n{tail}")
@@ -453,7 +458,10 @@ def run_uffd_stress(
                 chunks.append(chunk)
                 if first_bounce is None and b"bounces:" in b"".join(chunks):
                     first_bounce = time.monotonic()
-        status = proc.wait(max(started + timeout - time.monotonic(), 0.1))
+        try:
+            status = proc.wait(max(started + timeout - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired as exc:  # closed its stdout but lives on
+            raise BenchError(f"{' '.join(argv)} did not exit in {timeout} s") from exc
     ended = time.monotonic()
     text = b"".join(chunks).decode(errors="replace")
     output = parse_stress_output(text)
@@ -493,13 +501,16 @@ def _harness_env() -> dict[str, str]:
 
 def harness_available() -> bool:
     """Whether this uffdharness has the stress command."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "uffdharness", "stress", "--help"],
-        capture_output=True,
-        env=_harness_env(),
-        timeout=60,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "uffdharness", "stress", "--help"],
+            capture_output=True,
+            env=_harness_env(),
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return proc.returncode == 0
 
 
