@@ -384,7 +384,8 @@ def obtain_source(spec_text: str, log: Log) -> tuple[Path, str, str]:
         OSError,
         subprocess.SubprocessError,
     ) as exc:
-        raise Skipped(f"{spec_text}: the kernel source cannot be had: {exc}") from exc
+        reason = str(exc).removeprefix(f"{spec.text}: ")
+        raise Skipped(f"{spec_text}: the kernel source cannot be had: {reason}") from exc
     return source.path, source.identity.text, source.label
 
 

@@ -335,3 +335,8 @@ def test_a_long_run_names_the_mode_bits_instead_of_every_bounce():
     assert "4 locking + 4 uffd + 4 background threads" in line
     assert "read(2) in 1000 and poll(2) in 1000 of 2000 bounces" in line
     assert line.endswith("1 rnd, 2 racing, 4 ver, 8 poll (else read)")
+
+
+def test_a_bad_source_spec_is_exit_2_before_any_download(capsys):
+    assert bench.main(["--source", "debian-src:seven"]) == 2
+    assert "expected debian-src:X.Y" in capsys.readouterr().err
