@@ -245,7 +245,7 @@ int uh_native_stop(struct uh_native *nt)
          * (stop and reading are seq_cst: either the loop sees stop, or this sees reading.) */
         while (__atomic_load_n(&nt->reading, __ATOMIC_SEQ_CST)) {
             pthread_kill(nt->thread, read_signal());
-            sleep_ns(1000000);
+            sleep_ns(20000);
         }
     }
     pthread_join(nt->thread, NULL);
