@@ -31,6 +31,7 @@ def test_every_kind_has_exactly_one_row():
         "shmem-thp",
         "anon-mthp",
         "hugetlb-1g",
+        "hugetlb-1g-private",
     }
     assert MemoryKind.HUGETLB.spec is SPECS["hugetlb"]
 

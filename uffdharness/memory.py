@@ -215,6 +215,18 @@ KIND_TABLE: tuple[KindSpec, ...] = (
         hugetlb_size=1 << 30,
         max_pages=1,
     ),
+    KindSpec(
+        "hugetlb-1g-private",
+        "hugetlb",
+        False,
+        "memfd",
+        sc.MADV_DONTNEED,
+        _HUGETLB_MODES,
+        {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED, "drop": _HUGETLB_DONTNEED},
+        general=False,
+        hugetlb_size=1 << 30,
+        max_pages=1,
+    ),
 )
 SPECS: dict[str, KindSpec] = {spec.name: spec for spec in KIND_TABLE}
 CATALOGUE_KINDS: tuple[str, ...] = tuple(spec.name for spec in KIND_TABLE if spec.in_catalogue)
@@ -259,6 +271,7 @@ class MemoryKind(str, Enum):
     SHMEM_THP = "shmem-thp"  # memfd mapped shared, PMD-aligned, MADV_HUGEPAGE
     ANON_MTHP = "anon-mthp"  # private anonymous at an mTHP folio size, MADV_HUGEPAGE
     HUGETLB_1G = "hugetlb-1g"  # memfd MFD_HUGETLB | MFD_HUGE_1GB, mapped shared
+    HUGETLB_1G_PRIVATE = "hugetlb-1g-private"  # the same mapped private
 
     @property
     def spec(self) -> KindSpec:
