@@ -98,8 +98,9 @@ KINDS: tuple[str, ...] = ("anon", "shmem", "memfd", "memfd-private", "hugetlb", 
 
 
 def default_pages_per_vcpu(memory: str) -> int:
-    """4 MiB of 4K pages per vCPU; 16 MiB of 2M hugepages (the run reserves twice V x that)."""
-    return 8 if SPECS[memory].is_hugetlb else 1024
+    """16 MiB of 4K pages per vCPU (the default run of V = 1,2,4,8 takes about 7 s here); 32
+    MiB of 2M hugepages (the run reserves twice the largest V times that)."""
+    return 16 if SPECS[memory].is_hugetlb else 4096
 
 
 def usage_problem(mode: str, memory: str, engines: tuple[str, ...]) -> str | None:
@@ -136,8 +137,8 @@ class DemandConfig:
     memory: str = "anon"
     handlers: str = "per-vcpu"
     engines: tuple[str, ...] = ("native",)
-    pages_per_vcpu: int = 1024
-    reps: int = 3
+    pages_per_vcpu: int = 4096
+    reps: int = 5
     pin: bool = False
     writes: bool = True  # each touch is a write access (memstress's default); else a read
 
@@ -249,6 +250,7 @@ class DemandReport:
     page_size: int
     rows: list[Row] = field(default_factory=list)
     seconds: float = 0.0
+    other_load: float = 0.0  # share of all CPU time other processes used during the run
 
     def find(self, vcpus: int, engine: str) -> Row | None:
         return next((r for r in self.rows if (r.vcpus, r.engine) == (vcpus, engine)), None)
@@ -266,6 +268,7 @@ class DemandReport:
             "config": {**asdict(self.config), "page_size": self.page_size},
             "rows": [row.to_json(self.config) for row in self.rows],
             "seconds": self.seconds,
+            "other_load": self.other_load,
         }
 
 
@@ -456,10 +459,22 @@ def check(config: DemandConfig) -> None:
         raise DemandError(f"--mode {config.mode} on {config.memory}: {missing}")
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy seconds of every CPU from /proc/stat, seconds this process and its reaped
+    children used): their difference over a run is what other processes took."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system
+
+
 def run(config: DemandConfig, progress: Callable[[str], None] | None = None) -> DemandReport:
     check(config)
     say = progress or (lambda _text: None)
     started = time.monotonic()
+    busy_before, own_before = _cpu_seconds()
     kind = SPECS[config.memory]
     report = DemandReport(config, kind.page_size)
     with ExitStack() as stack:
@@ -473,6 +488,10 @@ def run(config: DemandConfig, progress: Callable[[str], None] | None = None) -> 
             _measure_vcpus(config, vcpus, report, say)
     _ratios(report)
     report.seconds = time.monotonic() - started
+    busy_after, own_after = _cpu_seconds()
+    available = report.seconds * len(os.sched_getaffinity(0))
+    others = (busy_after - busy_before) - (own_after - own_before)
+    report.other_load = max(0.0, others / available) if available else 0.0
     return report
 
 
@@ -580,7 +599,13 @@ def render(report: DemandReport) -> str:
         )
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     lines.append(
-        f"took {report.seconds:.1f}s on CPUs {cpus}; first-touch: the same touchers on an "
+        f"took {report.seconds:.1f}s on CPUs {cpus}; other processes used "
+        f"{report.other_load:.0%} of the CPUs; first-touch: the same touchers on an "
         f"unregistered {config.memory} region in the same state"
     )
+    if report.other_load > 0.1:
+        lines.append(
+            "WARNING: other processes ran during the measurement: the figures are "
+            "disturbed, compare them with care"
+        )
     return "\n".join(lines) + "\n"

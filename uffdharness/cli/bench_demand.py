@@ -70,10 +70,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pages-per-vcpu",
         type=count(1, 1 << 20),
-        help="pages each toucher faults in (default 1024 4K pages; 8 hugepages)",
+        help="pages each toucher faults in (default 4096 4K pages; 16 hugepages)",
     )
     parser.add_argument(
-        "--reps", type=count(1, 100), default=3, help="repetitions after a warm-up (3)"
+        "--reps", type=count(1, 100), default=5, help="repetitions after a warm-up (5)"
     )
     parser.add_argument(
         "--pin",
