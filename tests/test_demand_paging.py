@@ -29,6 +29,8 @@ PAIRS = [
     ("continue", "memfd"),
     ("continue", "memfd-private"),
     ("continue", "hugetlb"),
+    ("continue", "hugetlb-private"),
+    ("copy", "hugetlb-private"),
     ("move", "anon"),
 ]
 

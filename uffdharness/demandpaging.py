@@ -459,6 +459,16 @@ def check(config: DemandConfig) -> None:
         raise DemandError(f"--mode {config.mode} on {config.memory}: {missing}")
 
 
+def hugepages_needed(config: DemandConfig) -> int:
+    """Hugepages the largest V maps: the region and the first-touch region; with CONTINUE
+    also their page cache, which a private mapping reserves on top of its own pages (a
+    MAP_PRIVATE hugetlb mmap reserves every page it may COW into)."""
+    copies = 2
+    if MODES[config.mode].register == RegisterMode.MINOR and not SPECS[config.memory].shared:
+        copies = 4
+    return copies * max(config.vcpus) * config.pages_per_vcpu
+
+
 def _cpu_seconds() -> tuple[float, float]:
     """(busy seconds of every CPU from /proc/stat, seconds this process and its reaped
     children used): their difference over a run is what other processes took."""
@@ -479,7 +489,7 @@ def run(config: DemandConfig, progress: Callable[[str], None] | None = None) -> 
     report = DemandReport(config, kind.page_size)
     with ExitStack() as stack:
         if kind.is_hugetlb:
-            wanted = 2 * max(config.vcpus) * config.pages_per_vcpu  # region and first-touch
+            wanted = hugepages_needed(config)
             try:
                 stack.enter_context(HugepagePool(wanted))
             except (HugepageError, OSError) as exc:
