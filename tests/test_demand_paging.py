@@ -183,6 +183,12 @@ def test_placement_is_stated():
     assert pinned.toucher_cpus == tuple(cpus[i % len(cpus)] for i in range(3))
     assert pinned.handler_cpus == (cpus[0],)
     assert pinned.describe().startswith("pinned t=")
+    eight = demandpaging.Placement(True, (0, 1) * 4, (0, 1) * 4)
+    assert eight.describe() == "pinned t=(0,1)x4 h=(0,1)x4"
+    assert demandpaging.Placement(True, (0, 1, 0), ()).describe() == "pinned t=0,1,0"
+    assert demandpaging.Placement(True, (0, 1, 1, 0, 1), (0,)).describe() == (
+        "pinned t=0,1,1,0,1 h=0"
+    )
 
 
 def test_percentile_is_nearest_rank():

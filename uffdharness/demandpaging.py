@@ -152,11 +152,20 @@ class Placement:
     handler_cpus: tuple[int, ...]
 
     def describe(self) -> str:
+        """'unpinned', or 'pinned t=<toucher CPUs> h=<handler CPUs>' in order, a repeated
+        run written once with its count: t=(0,1)x4 is 0,1,0,1,0,1,0,1."""
         if not self.pinned:
             return "unpinned"
-        touchers = ",".join(map(str, self.toucher_cpus))
-        handlers = ",".join(map(str, self.handler_cpus))
-        return f"pinned t={touchers} h={handlers}" if handlers else f"pinned t={touchers}"
+        text = f"pinned t={_cpu_list(self.toucher_cpus)}"
+        return f"{text} h={_cpu_list(self.handler_cpus)}" if self.handler_cpus else text
+
+
+def _cpu_list(cpus: tuple[int, ...]) -> str:
+    if len(cpus) > 4:
+        for period in range(1, len(cpus) // 2 + 1):
+            if len(cpus) % period == 0 and cpus == cpus[:period] * (len(cpus) // period):
+                return f"({','.join(map(str, cpus[:period]))})x{len(cpus) // period}"
+    return ",".join(map(str, cpus))
 
 
 def placement_for(vcpus: int, handlers: int, pin: bool) -> Placement:

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     try:
         report = demandpaging.run(config, progress)
-    except demandpaging.DemandError as exc:
+    except (demandpaging.DemandError, OSError) as exc:  # OSError: a C loop's or toucher's
         sys.stderr.write(f"uffdharness bench demand-paging: {exc}\n")
         return 1
     out.write(demandpaging.render(report))
