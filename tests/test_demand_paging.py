@@ -243,6 +243,11 @@ def test_bad_input_is_a_usage_error_before_any_work(argv, message, capsys):
     assert message in _usage_error(["bench", "demand-paging", *argv], capsys)
 
 
+def test_a_guest_kernel_is_refused(capsys):
+    message = _usage_error(["bench", "--kernel", "debian:7.3", "demand-paging"], capsys)
+    assert message.endswith("--kernel: demand-paging runs on the host kernel only")
+
+
 def test_unwritable_json_is_refused_before_running(tmp_path, capsys):
     missing = tmp_path / "absent" / "rows.json"
     message = _usage_error(["bench", "demand-paging", "--json", str(missing)], capsys)
