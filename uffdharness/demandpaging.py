@@ -98,7 +98,7 @@ KINDS: tuple[str, ...] = ("anon", "shmem", "memfd", "memfd-private", "hugetlb", 
 
 
 def default_pages_per_vcpu(memory: str) -> int:
-    """16 MiB of 4K pages per vCPU (the default run of V = 1,2,4,8 takes about 7 s here); 32
+    """16 MiB of 4K pages per vCPU (the default run of V = 1,2,4,8 takes 7 to 25 s here); 32
     MiB of 2M hugepages (the run reserves twice the largest V times that)."""
     return 16 if SPECS[memory].is_hugetlb else 4096
 
