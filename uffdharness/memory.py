@@ -204,6 +204,19 @@ KIND_TABLE: tuple[KindSpec, ...] = (
         since=KernelGate("6.8", "'mm: thp: support allocation of anonymous multi-size THP'"),
     ),
     KindSpec(
+        "shmem-mthp",
+        "shmem",
+        True,
+        "anonymous",
+        sc.MADV_REMOVE,
+        _SHMEM_MODES,
+        general=False,
+        thp="mthp",
+        since=KernelGate(
+            "6.11", "'mm: shmem: add multi-size THP sysfs interface for anonymous shmem'"
+        ),
+    ),
+    KindSpec(
         "hugetlb-1g",
         "hugetlb",
         True,
@@ -270,6 +283,7 @@ class MemoryKind(str, Enum):
     ANON_THP = "anon-thp"  # private anonymous, PMD-aligned, MADV_HUGEPAGE
     SHMEM_THP = "shmem-thp"  # memfd mapped shared, PMD-aligned, MADV_HUGEPAGE
     ANON_MTHP = "anon-mthp"  # private anonymous at an mTHP folio size, MADV_HUGEPAGE
+    SHMEM_MTHP = "shmem-mthp"  # MAP_SHARED | MAP_ANONYMOUS at an mTHP folio size (6.11)
     HUGETLB_1G = "hugetlb-1g"  # memfd MFD_HUGETLB | MFD_HUGE_1GB, mapped shared
     HUGETLB_1G_PRIVATE = "hugetlb-1g-private"  # the same mapped private
 
