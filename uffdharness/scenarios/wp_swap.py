@@ -16,7 +16,7 @@ from .. import syscalls as sc
 from ..abi import Feature, RegisterMode, flag_names
 from ..events import PagefaultEvent, RemapEvent
 from ..maps import read_smaps_range, uffd_vm_flags
-from ..memory import Region
+from ..memory import PAGE_SIZE, Region
 from ..pagemap import region_view, wp_pages
 from ..uffd import Userfaultfd
 from .checks import Checks
@@ -90,7 +90,8 @@ def _write_and_serve(uffd: Userfaultfd, region: Region, registered: bool) -> dic
 
 def _mremap_variant(ctx: Context, event_remap: bool) -> dict[str, Any]:
     region = ctx.region(PAGES)
-    parking = ctx.region(PAGES + 2, kind="anon")  # address space to move into
+    # Address space to move into, in the kind's page size (2 MiB on the THP kinds).
+    parking = ctx.region((PAGES + 2) * ctx.page_size // PAGE_SIZE, kind="anon", align=ctx.page_size)
     features = ctx.mode_features(RegisterMode.WP)
     uffd = ctx.uffd(features | Feature.EVENT_REMAP if event_remap else features)
     facts = _protect_and_swap_out(region, uffd)
