@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import syscalls as sc
+from . import system
 from ._native import ffi, lib
 from .abi import Feature, RegisterMode, WriteProtectMode, missing_features_reason
 from .errors import UffdError
@@ -263,7 +264,10 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
     with ExitStack() as stack:
         try:
             arena = Arena(kind, area_length, unit, stack)
-            uffd = stack.enter_context(Userfaultfd.open(features))
+            # Lockers fault from user mode only: a UFFD_USER_MODE_ONLY uffd serves them
+            # where that is all this process may open.
+            only = system.facts().user_mode_only
+            uffd = stack.enter_context(Userfaultfd.open(features, user_mode_only=only))
         except UffdError as exc:
             raise StressError(str(exc)) from exc
         counts = ffi.new("uint64_t[]", result.pages)
