@@ -356,7 +356,7 @@ def _bounce(
         rc = lib.uh_stress_start(b)
         if rc < 0:
             raise OSError(-rc, f"stress threads: {os.strerror(-rc)}")
-        _wait(b, began + config.deadline, uffd, dst, index, result)
+        _wait(b, began + config.deadline, index, result)
     finally:
         lib.uh_stress_abort(b)
         stats = []
@@ -401,9 +401,7 @@ def _drop(region: Region) -> None:
         region.punch_hole()
 
 
-def _wait(
-    b: Any, deadline: float, uffd: Userfaultfd, dst: Region, index: int, result: StressResult
-) -> None:
+def _wait(b: Any, deadline: float, index: int, result: StressResult) -> None:
     """Wait for the bounce's threads in short slices (signals are handled between them).
     Past the deadline they count as stuck: the caller unregisters dst, which wakes a thread
     stuck in a fault, and reaps them."""
@@ -416,8 +414,8 @@ def _wait(
         if time.monotonic() >= deadline:
             break
     result.problems.append(
-        f"bounce {index}: {left} threads still running {deadline - time.monotonic() + 0:.0f}s "
-        "past the deadline"
+        f"bounce {index}: {left} of its lockers, copiers and churn thread still running at "
+        "the bounce's deadline (stuck in a fault or an ioctl)"
     )
     lib.uh_stress_abort(b)
 
