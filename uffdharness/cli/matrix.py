@@ -25,7 +25,7 @@ from typing import TextIO
 
 from uffdharness.interrupts import signal_name
 
-from .arguments import add_guest_timeouts, check_outputs, count
+from .arguments import add_guest_timeouts, check_outputs, count, exit_status_help
 from .run import add_selection_arguments
 
 MAX_JOBS = 64
@@ -50,12 +50,13 @@ USAGE = (
     "%(prog)s --kernel SPEC [--kernel SPEC ...] [options]\n"
     "       %(prog)s merge FILE... [--json FILE] [--junit FILE]"
 )
+MATRIX_FAILURES = "fail, error or hang, expectation violation or guest failure"
 MERGE_DESCRIPTION = (
     "Merge `uffdharness matrix --json` files (one CI job per kernel) into one kernel x "
     "scenario table, JSON and JUnit report. Expectations are checked again with this "
     "installation's data, so every kernel is judged by the same rules; a kernel in several "
-    "files keeps its last section. Exits 1 on any fail, error, hang, expectation violation "
-    "or guest failure, and 2 when no input is usable."
+    "files keeps its last section. " + exit_status_help(MATRIX_FAILURES) + " 2 also when "
+    "no input is usable."
 )
 
 
@@ -66,8 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run the catalogue under other kernels booted in qemu; merge such runs",
         description="Boot each kernel in qemu (the host's root file system, read-only), run "
         "`uffdharness run` there once, and print a kernel x scenario table. Each kernel's "
-        "results are checked against what that kernel version is expected to show. Exits 1 "
-        "on any fail, error or hang, expectation violation or guest failure.",
+        "results are checked against what that kernel version is expected to show. "
+        + exit_status_help(MATRIX_FAILURES),
         epilog=f"SPEC: {SPEC_HELP}. Debian kernels are downloaded once into "
         "~/.cache/uffdharness/kernels.",
     )
