@@ -125,3 +125,43 @@ def test_the_kernels_kunit_parser_reads_it():
     # kunit_parser knows SKIP; XFAIL on an ok line is a pass; TIMEOUT and ERROR are failures
     assert (counts.passed, counts.failed, counts.skipped) == (3, 3, 1)
     assert [sub.name for sub in test.subtests] == ["debian:6.1", "debian:6.12"]
+
+
+@pytest.mark.timeout(300)
+def test_a_two_kernel_matrix():
+    """Debian 6.1 and 6.12 in qemu: one KTAP document, a top-level test per kernel, the
+    merge bug an XFAIL on 6.1 (fixed in 6.4) and a pass on 6.12."""
+    from test_matrix_cli import _cached_spec
+
+    old, new = _cached_spec("6.1"), _cached_spec("6.12")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uffdharness",
+            "matrix",
+            "--kernel",
+            old,
+            "--kernel",
+            new,
+            "-k",
+            "unregister-merge",
+            "--memory",
+            "anon",
+            "--jobs",
+            "2",
+            "--ktap",
+            "--quiet",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr
+    assert ktap_grammar.problems(done.stdout) == []
+    checked = ktap_grammar.check(done.stdout)
+    kernels = [name for depth, _, name, _ in checked.results if depth == 0]
+    assert [name.split()[0] for name in kernels] == [old, new]
+    cases = [(ok, name, directive) for depth, ok, name, directive in checked.results if depth == 2]
+    assert cases == [("ok", "anon", "XFAIL"), ("ok", "anon", "")]
+    assert "fixed in 6.4 by 'mm/uffd: allow vma to merge as much as possible'" in done.stdout
