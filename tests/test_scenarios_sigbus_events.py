@@ -118,17 +118,25 @@ def test_sigbus_retry_facts(results, memory):
 @pytest.mark.parametrize("memory", ALL_KINDS)
 def test_events_live_facts(results, memory):
     f = facts(results, "events-live", memory)
+    # every kind here has uffd-wp on this kernel (6.18), so the remap_wp case runs too
     assert set(f) == {
         f"{case}_{engine}"
-        for case in ("fork", "remap", "remove")
+        for case in ("fork", "remap", "remove", "remap_wp")
         for engine in ("native", "thread")
     }
+    pages = 4 if memory.startswith("hugetlb") else 8
     for engine in ("native", "thread"):
-        fork, remap, remove = (f[f"{case}_{engine}"] for case in ("fork", "remap", "remove"))
+        fork, remap, remove, remap_wp = (
+            f[f"{case}_{engine}"] for case in ("fork", "remap", "remove", "remap_wp")
+        )
         assert fork["child_first_wrong_offset"] == -1 and fork["uffds_adopted"] == 1
         assert remap["served_ranges"][0][0] == 0 and remap["first_wrong_offset"] is None
         assert remove["removed_pages_read_zero"] and remove["faults_after_remove"] == 0
         assert 1 not in remove["registered_pages_after_remove"]
+        # UFFDIO_COPY_MODE_WP: every page arrived protected, each write then a WP fault
+        assert remap_wp["wp_pages_after_reads"] == list(range(pages))
+        assert (remap_wp["missing_faults"], remap_wp["wp_faults"]) == (pages, pages)
+        assert remap_wp["wp_pages_after_writes"] == []
 
 
 # --- the checks can fail -------------------------------------------------------------------------
