@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .ciformat import kernel_row, measurements
+from .ciformat import kernel_labels, kernel_row, measurements
 
 if TYPE_CHECKING:
     from .matrix.runner import KernelRun
@@ -88,7 +88,7 @@ def _segment(text: str) -> str:
 
 def _slug(text: str) -> str:
     """An id part readable by people: no spaces, no colons (they separate the id's parts)."""
-    return re.sub(r"[^A-Za-z0-9._+=/-]+", "-", text).strip("-") or "-"
+    return re.sub(r"[^A-Za-z0-9._+=~/-]+", "-", text).strip("-") or "-"
 
 
 def _clean(text: str) -> str:
@@ -129,19 +129,22 @@ class Kernel:
         return bool(self.build.get("self_built")) or self.label.startswith(("src:", "debian-src:"))
 
     def checkout_key(self) -> str:
-        if self.build.get("self_built"):
-            key = "src-" + _slug(str(self.build.get("identity") or self.build.get("source")))
-            patches = self.build.get("patches") or []
-            if patches:
-                digest = _patchset_hash(patches)
-                names = "+".join(Path(p).name for p in patches)
-                key += "+" + (digest[:16] if digest else _slug(names))
-            return key
+        """The source: a Debian package version (a binary package and ``linux-source`` of
+        the same version are one checkout), a tree's identity, else only the release; then
+        the patches applied to it."""
         if self.package_version:
-            return f"debian-{_slug(self.package_version)}"
-        if self.release:
-            return f"release-{_slug(self.release)}"
-        return f"spec-{_slug(self.label)}"
+            key = f"debian-{_slug(self.package_version)}"
+        elif self.build.get("identity") or self.build.get("source"):
+            key = "src-" + _slug(str(self.build.get("identity") or self.build.get("source")))
+        elif self.release:
+            key = f"release-{_slug(self.release)}"
+        else:
+            key = f"spec-{_slug(self.label)}"
+        patches = self.build.get("patches") or []
+        if patches:
+            digest = _patchset_hash(patches)
+            key += "+" + (digest[:16] if digest else _slug("+".join(Path(p).name for p in patches)))
+        return key
 
     def build_key(self) -> str:
         key = self.checkout_key()
@@ -479,8 +482,7 @@ def matrix_report(
     from .matrix.runner import INTERRUPTED, PREPARE_FAILED
 
     report = Report(origin, run_id)
-    scopes: dict[str, int] = {}
-    for run in runs:
+    for run, scope in zip(runs, kernel_labels([run.spec for run in runs]), strict=True):
         guest = {
             key: run.guest[key]
             for key in ("status", "accel", "boot_s", "total_s", "exit_code", "failed_to")
@@ -504,10 +506,6 @@ def matrix_report(
         results = list(run.results)
         if run.version is not None:
             results.append(expectations_row(run))
-        scope = _segment(run.spec)
-        scopes[scope] = scopes.get(scope, 0) + 1
-        if scopes[scope] > 1:  # two specs that read alike
-            scope += f"-{scopes[scope]}"
         report.add_kernel(kernel, results, scope)
     return report.to_json()
 

@@ -22,17 +22,16 @@ it as ``MEASUREMENT=`` and ``UNITS=``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from .ciformat import kernel_row, measurements
+from .ciformat import kernel_labels, kernel_row, measurements, safe
 
 if TYPE_CHECKING:
     from .matrix.runner import KernelRun
     from .runner import Result
 
-__all__ = ["RESULT", "SignalPrinter", "case_id", "kernel_ids", "print_matrix", "signal_lines"]
+__all__ = ["RESULT", "SignalPrinter", "case_id", "print_matrix", "signal_lines"]
 
 RESULT = {
     "pass": "pass",
@@ -45,15 +44,10 @@ RESULT = {
 NOTE_WIDTH = 300
 
 
-def _safe(text: str) -> str:
-    """LAVA test case ids are letters, digits, '-', '_' and '.' only."""
-    text = re.sub(r"[:/,=]+", "-", text)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("-_.") or "_"
-
-
 def case_id(result: Result, kernel: str | None = None) -> str:
     """``<scenario>.<memory>``, after ``<kernel>.`` in a matrix."""
-    name = kernel_row(result) or f"{_safe(result.id)}.{_safe(result.memory)}"
+    # LAVA test case ids are letters, digits, '-', '_' and '.' only.
+    name = kernel_row(result) or f"{safe(result.id)}.{safe(result.memory)}"
     return f"{kernel}.{name}" if kernel else name
 
 
@@ -97,24 +91,11 @@ class SignalPrinter:
             self.then(done, total, result, name)
 
 
-def kernel_ids(specs: Sequence[str]) -> list[str]:
-    """Each spec as the LAVA-safe head of its cases, told apart when two read alike."""
-    ids: list[str] = []
-    for spec in specs:
-        name = _safe(spec)
-        candidate, number = name, 1
-        while candidate in ids:
-            number += 1
-            candidate = f"{name}-{number}"
-        ids.append(candidate)
-    return ids
-
-
 def print_matrix(runs: Sequence[KernelRun], out: TextIO) -> None:
     """One signal per kernel x pair, and per kernel's expectation check."""
     from .matrix.report import expectations_row
 
-    for run, kernel in zip(runs, kernel_ids([run.spec for run in runs]), strict=True):
+    for run, kernel in zip(runs, kernel_labels([run.spec for run in runs]), strict=True):
         results = list(run.results)
         if run.version is not None:
             results.append(expectations_row(run))
