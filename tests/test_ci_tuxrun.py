@@ -1,0 +1,136 @@
+"""ci/tuxrun.sh: its syntax, the overlay it builds (offline) run as a guest would run it,
+and the tuxrun command line it hands over (a stand-in tuxrun records it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "ci" / "tuxrun.sh"
+SIGNAL = re.compile(r"<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=[A-Za-z0-9_.-]+ RESULT=(pass|fail|skip)>")
+
+
+def script(*argv: str, cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **env_vars}
+    return subprocess.run(
+        ["bash", str(SCRIPT), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+
+
+def test_the_script_parses():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=10)
+
+
+def test_without_arguments_it_prints_its_usage(tmp_path):
+    done = script(cwd=tmp_path)
+    assert done.returncode == 2 and "ci/tuxrun.sh overlay [OUT]" in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_the_overlay_runs_the_harness_on_its_own_interpreter_and_libraries(tmp_path):
+    overlay = tmp_path / "out" / "overlay.tar.gz"
+    done = script("overlay", str(overlay), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with tarfile.open(overlay) as tar:
+        names = set(tar.getnames())
+        link = tar.getmember("./usr/bin/uffdharness")
+        assert link.issym() and link.linkname == "/opt/uffdharness/bin/uffdharness"
+        assert {m.uid for m in tar.getmembers()} == {0}
+        tar.extractall(tmp_path / "root")  # noqa: S202 - our own tarball
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"./opt/uffdharness/lib/{version}/site-packages/uffdharness/cli/run.py" in names
+    assert not [n for n in names if "/test/" in n and "site-packages" not in n]
+    root = tmp_path / "root" / "opt" / "uffdharness"
+    # nothing from this machine's Python: an empty environment, the overlay's paths only
+    probe = subprocess.run(
+        [
+            str(root / "lib" / "ld-linux-x86-64.so.2"),
+            "--library-path",
+            str(root / "lib"),
+            str(root / "bin" / "python3"),
+            "-c",
+            "import sys, uffdharness._native, cffi, elftools, debian; print(sys.path[1:])",
+        ],
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    paths = eval(probe.stdout)  # noqa: S307 - a list printed by the overlay's Python
+    assert paths and all(p.startswith(str(root)) for p in paths), paths
+    done = subprocess.run(
+        [
+            str(root / "bin" / "uffdharness"),
+            "run",
+            "--lava",
+            "--quiet",
+            "-k",
+            "api-probe",
+            "--memory",
+            "anon",
+        ],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert SIGNAL.search(done.stdout).group(0) == (
+        "<LAVA_SIGNAL_TESTCASE TEST_CASE_ID=api-probe.anon RESULT=pass>"
+    )
+
+
+@pytest.mark.timeout(180)
+def test_run_hands_tuxrun_the_kernel_the_overlay_and_the_command(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "argv"
+    fake = bin_dir / "tuxrun"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    done = script(
+        "run",
+        "/boot/bzImage",
+        "-k",
+        "unregister-merge",
+        cwd=tmp_path,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        OVERLAY="overlay.tar.gz",  # gzip: quicker than xz
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = record.read_text().splitlines()
+    overlay = tmp_path / "overlay.tar.gz"
+    assert overlay.stat().st_size > 0
+    assert argv == [
+        "--device",
+        "qemu-x86_64",
+        "--kernel",
+        "/boot/bzImage",
+        "--overlay",
+        f"file://{overlay}",
+        "--timeouts",
+        "boot=10",
+        "commands=30",
+        "--",
+        "uffdharness",
+        "run",
+        "--lava",
+        "--quiet",
+        "-k",
+        "unregister-merge",
+    ]
