@@ -325,3 +325,42 @@ def test_debian_version_from_uname():
         "6.1.192-3"
     )
     assert kcidb.debian_version("#1 SMP PREEMPT_DYNAMIC @0") is None
+
+
+@pytest.mark.timeout(120)
+def test_bench_figures_are_done_tests_with_their_number(tmp_path):
+    out = tmp_path / "k.json"
+    done = run_cli(
+        "bench",
+        "--quick",
+        "--reps",
+        "1",
+        "--pages",
+        "64",
+        "--workloads",
+        "anon,rwp",
+        "--json",
+        "--kcidb",
+        str(out),
+    )
+    assert done.returncode in (0, 1), done.stderr  # 1: a target missed
+    figures = json.loads(done.stdout)["figures"]
+    document = valid(json.loads(out.read_text()))
+    (build,) = document["builds"]
+    tests = by_path(document)
+    for figure in figures:
+        path = ".".join(
+            ["uffdharness.bench"]
+            + [kcidb._segment(figure[key]) for key in ("workload", "engine", "placement")]
+        )
+        test = tests.pop(path)
+        assert test["status"] == "DONE" and test["build_id"] == build["id"]
+        assert test["number"] == {"value": figure["median"], "unit": figure["unit"]}
+        assert test["misc"]["missed"] == figure["missed"]
+    assert any(
+        path.startswith("uffdharness.bench.anon-4K_COPY.native.") for path in by_path(document)
+    )
+    # whatever is left is a workload the kernel or the machine could not run (RWP before 7.3)
+    assert all(test["status"] == "SKIP" for test in tests.values())
+    done = run_cli("bench", "--kernel", "debian:7.3", "--kcidb", str(out))
+    assert done.returncode == 2 and "--kcidb: only on the running kernel" in done.stderr

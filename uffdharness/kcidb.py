@@ -46,6 +46,8 @@ __all__ = [
     "STATUS",
     "Kernel",
     "Report",
+    "bench_report",
+    "host_kernel",
     "matrix_report",
     "new_run_id",
     "origin_problem",
@@ -387,6 +389,53 @@ class Report:
             issue["misc"]["scenarios"].append(scenario)
         return issue
 
+    def add_bench(self, kernel: Kernel, bench: dict[str, Any], scope: str) -> None:
+        """``kernel``'s checkout and build, and a DONE test per figure of ``uffdharness
+        bench --json`` (``bench``): its median as the ``number``; a SKIP test per skipped
+        workload. A missed target is in ``misc``: it measures the harness, not the kernel."""
+        self._add("checkouts", kernel.checkout(self.origin))
+        build = kernel.build_item(self.origin)
+        self._add("builds", build)
+        prefix = f"{self.origin}:{self.run_id}/{_slug(scope)}"
+        environment = {"environment": kernel.environment} if kernel.environment else {}
+        for figure in bench.get("figures", []):
+            parts = [figure.get(key, "?") for key in ("workload", "engine", "placement")]
+            path = ".".join([SUITE, "bench", *(_segment(str(part)) for part in parts)])
+            extra = ("samples", "min", "max", "ratio", "target", "missed", "handler_us", "note")
+            self._add(
+                "tests",
+                {
+                    "id": f"{prefix}/{path}",
+                    "origin": self.origin,
+                    "build_id": build["id"],
+                    "path": path,
+                    "status": "DONE",
+                    "number": {
+                        "value": float(figure.get("median", 0.0)),
+                        "unit": str(figure.get("unit", "")),
+                    },
+                    "comment": _clean(" / ".join(str(part) for part in parts) + ": median"),
+                    "misc": {key: figure[key] for key in extra if figure.get(key) is not None},
+                    **environment,
+                },
+            )
+        for skipped in bench.get("skipped", []):
+            name, _, reason = str(skipped).partition(": ")
+            path = f"{SUITE}.bench.{_segment(name)}"
+            self._add(
+                "tests",
+                {
+                    "id": f"{prefix}/{path}",
+                    "origin": self.origin,
+                    "build_id": build["id"],
+                    "path": path,
+                    "status": "SKIP",
+                    "log_excerpt": _clean(f"{skipped}\n")[:LOG_EXCERPT_MAX],
+                    "comment": _clean(f"{name}: skipped: {reason}"),
+                    **environment,
+                },
+            )
+
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {"version": dict(SCHEMA_VERSION)}
         for kind, items in self._objects.items():
@@ -445,22 +494,17 @@ def debian_version(uname_version: str) -> str | None:
     return found.group(1) if found else None
 
 
-def run_report(
-    info: SystemFacts,
-    results: Sequence[Result],
-    origin: str = DEFAULT_ORIGIN,
-    run_id: str | None = None,
-) -> dict[str, Any]:
-    """The KCIDB document of ``uffdharness run`` on the running kernel."""
+def host_kernel(info: SystemFacts, what: str = "uffdharness run") -> Kernel:
+    """The running kernel, from its facts."""
     from .abi import flag_names
 
-    kernel = Kernel(
+    return Kernel(
         "host",
         info.release,
         info.machine,
         debian_version(info.version),
         environment={
-            "comment": "the running kernel (uffdharness run, no qemu)",
+            "comment": f"the running kernel ({what}, no qemu)",
             "misc": {
                 "root": info.is_root,
                 "features": flag_names(info.offered),
@@ -468,8 +512,30 @@ def run_report(
             },
         },
     )
+
+
+def run_report(
+    info: SystemFacts,
+    results: Sequence[Result],
+    origin: str = DEFAULT_ORIGIN,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The KCIDB document of ``uffdharness run`` on the running kernel."""
     report = Report(origin, run_id)
-    report.add_kernel(kernel, results, "host")
+    report.add_kernel(host_kernel(info), results, "host")
+    return report.to_json()
+
+
+def bench_report(
+    info: SystemFacts,
+    bench: dict[str, Any],
+    origin: str = DEFAULT_ORIGIN,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The KCIDB document of ``uffdharness bench`` on the running kernel (``bench``: its
+    ``--json`` report)."""
+    report = Report(origin, run_id)
+    report.add_bench(host_kernel(info, "uffdharness bench"), bench, "host")
     return report.to_json()
 
 
