@@ -243,6 +243,12 @@ def test_kernels_that_did_not_run_and_a_patched_build(tmp_path):
     assert ours["id"] == f"ci_lab:debian-6.1.192-3+{digest[:16]}"
     assert ours["patchset_files"] == [{"name": "fix.patch", "url": patch.as_uri()}]
     assert ours["misc"]["carries_fixes"] == [MERGE_FIX.fix]
+    # the digests the build recorded serve where the patch cannot be read (a merge elsewhere)
+    patch.unlink()
+    patched.build["patch_sha256"] = [inner]
+    again = kcidb.matrix_report([patched], "ci_lab", run_id="r2")
+    assert again["checkouts"][0]["id"] == ours["id"]
+    assert again["checkouts"][0]["patchset_hash"] == digest
     assert builds[patched.spec]["input_files"] == [
         {"name": "extra.config", "url": fragment.as_uri()}
     ]

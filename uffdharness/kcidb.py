@@ -28,7 +28,8 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,33 +98,24 @@ def _clean(text: str) -> str:
     return text.replace("\0", "")
 
 
+@dataclass
 class Kernel:
     """One tested kernel, as KCIDB needs to know it.
 
     ``label``: the matrix spec (``host`` for ``uffdharness run``); ``build``: the matrix's
-    description of a kernel built from source (``matrix/kbuild/resolve.describe``)."""
+    description of a kernel built from source (``matrix/kbuild/resolve.describe``);
+    ``build_problem``: why it could not be prepared; ``ran``: False when it never ran the
+    catalogue (not prepared, or stopped)."""
 
-    def __init__(
-        self,
-        label: str,
-        release: str,
-        machine: str = "",
-        package_version: str | None = None,
-        build: dict[str, Any] | None = None,
-        environment: dict[str, Any] | None = None,
-        built_ok: bool = True,
-        build_problem: str = "",
-        ran: bool = True,
-    ):
-        self.label = label
-        self.release = release
-        self.machine = machine
-        self.package_version = package_version
-        self.build = build or {}
-        self.environment = environment or {}
-        self.built_ok = built_ok
-        self.build_problem = build_problem
-        self.ran = ran  # False: the kernel never ran the catalogue (not prepared, stopped)
+    label: str
+    release: str
+    machine: str = ""
+    package_version: str | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    built_ok: bool = True
+    build_problem: str = ""
+    ran: bool = True
 
     @property
     def self_built(self) -> bool:
@@ -144,9 +136,25 @@ class Kernel:
             key = f"spec-{_slug(self.label)}"
         patches = self.build.get("patches") or []
         if patches:
-            digest = _patchset_hash(patches)
+            digest = self.patchset_hash()
             key += "+" + (digest[:16] if digest else _slug("+".join(Path(p).name for p in patches)))
         return key
+
+    def patchset_hash(self) -> str | None:
+        """The schema's patchset hash: sha256 over each patch's sha256 and a newline ("" for
+        none); from the digests the build recorded, else from the files (None when one
+        cannot be read, e.g. a report from before the build recorded them, merged on another
+        machine)."""
+        patches = self.build.get("patches") or []
+        digests = self.build.get("patch_sha256") or []
+        if len(digests) != len(patches):
+            try:
+                digests = [hashlib.sha256(Path(str(p)).read_bytes()).hexdigest() for p in patches]
+            except OSError:
+                return None
+        if not digests:
+            return ""
+        return hashlib.sha256("".join(f"{d}\n" for d in digests).encode()).hexdigest()
 
     def build_key(self) -> str:
         key = self.checkout_key()
@@ -168,13 +176,14 @@ class Kernel:
             identity = str(self.build.get("identity", ""))
             patches = [str(p) for p in self.build.get("patches") or []]
             names = ", ".join(Path(p).name for p in patches)
-            item["comment"] = f"built here from {source}" + (f" + {names}" if names else "")
+            built = "built here from" if self.built_ok else "to be built here from"
+            item["comment"] = f"{built} {source}" + (f" + {names}" if names else "")
             commit = re.fullmatch(r"git ([0-9a-f]{40})", identity)
             if commit:
                 item["git_commit_hash"] = commit.group(1)
             if identity.startswith("linux-source-"):
                 item["tree_name"] = "debian"
-            digest = _patchset_hash(patches) if patches else ""
+            digest = self.patchset_hash()
             if digest is not None:
                 item["patchset_hash"] = digest
             if patches:
@@ -243,19 +252,6 @@ class Kernel:
             item["log_excerpt"] = _clean(self.build_problem)[:LOG_EXCERPT_MAX]
         item["misc"] = misc
         return item
-
-
-def _patchset_hash(patches: Iterable[Any]) -> str | None:
-    """The schema's patchset hash (sha256 over each patch's newline-terminated sha256),
-    None when a patch cannot be read (a report merged on another machine)."""
-    outer = hashlib.sha256()
-    for patch in patches:
-        try:
-            inner = hashlib.sha256(Path(str(patch)).read_bytes()).hexdigest()
-        except OSError:
-            return None
-        outer.update(f"{inner}\n".encode())
-    return outer.hexdigest()
 
 
 class Report:
@@ -563,7 +559,7 @@ def matrix_report(
             run.release or str(run.kernel.get("release", "")),
             str(run.kernel.get("machine") or ""),
             run.package_version,
-            run.build,
+            run.build or {},
             environment={"comment": comment, "misc": guest},
             built_ok=failed_to != PREPARE_FAILED,
             build_problem=problem,
