@@ -309,7 +309,7 @@ class Report:
             misc["timeout"] = True
         if bug is not None:
             misc["known_bug"] = {"fix": bug.fix, "fixed_in": bug.fixed_in}
-        if not kernel.ran and result.id == "guest":
+        if not kernel.ran and kernel_row(result) == "guest":
             status = "MISS"  # the kernel never ran the catalogue: nothing was tested
         test: dict[str, Any] = {
             "id": f"{prefix}/{path}",
@@ -551,9 +551,12 @@ def matrix_report(
             if run.guest.get(key) is not None
         }
         accel = guest.get("accel")
-        comment = "the host (no qemu)" if accel == "host" else f"qemu guest ({accel or '?'})"
+        if accel == "host":
+            comment = "the host (no qemu)"
+        else:
+            comment = f"qemu guest ({accel})" if accel else "no guest: the kernel never booted"
         failed_to = guest.get("failed_to")
-        problem = next((r.reason for r in run.results if r.id == "guest"), "")
+        problem = next((r.reason for r in run.results if kernel_row(r) == "guest"), "")
         kernel = Kernel(
             run.spec,
             run.release or str(run.kernel.get("release", "")),
