@@ -18,6 +18,9 @@
 
 /* ---- the native engine ------------------------------------------------------------- */
 
+/* Batches read from one uffd between two waits (see native_main). */
+#define UH_DRAIN_BATCHES 64
+
 struct uh_native {
     pthread_t thread;
     struct uh_core *core;
@@ -191,9 +194,22 @@ static void *native_main(void *arg)
         for (int i = 0; ready && rc == 0; i++, ready >>= 1) {
             if (!(ready & 1))
                 continue;
-            long got = native_batch(c, i, msgs, (size_t)nt->batch);
-            if (got < 0)
-                rc = (int)got;
+            /* Read again before polling: on one CPU the toucher woken by the resolving
+             * ioctl runs at once and faults on its next page before this thread runs
+             * again, so that message is nearly always queued (read + ioctl per fault
+             * instead of poll + read + ioctl). At most UH_DRAIN_BATCHES in a row, and not
+             * past stop, so the wait's wake fd and closed-uffd watch are never held off.
+             * After a read that found one message the next asks for one: a bigger buffer
+             * makes the kernel look for a second message every time (~0.15 us). */
+            long got = 0;
+            for (int round = 0; round < UH_DRAIN_BATCHES && rc == 0; round++) {
+                size_t want = round && got == 1 ? 1 : (size_t)nt->batch;
+                got = native_batch(c, i, msgs, want);
+                if (got < 0)
+                    rc = (int)got;
+                if (got <= 0 || __atomic_load_n(&nt->stop, __ATOMIC_ACQUIRE))
+                    break;
+            }
         }
         pthread_mutex_unlock(&c->lock);
     }
@@ -245,7 +261,7 @@ int uh_native_stop(struct uh_native *nt)
          * (stop and reading are seq_cst: either the loop sees stop, or this sees reading.) */
         while (__atomic_load_n(&nt->reading, __ATOMIC_SEQ_CST)) {
             pthread_kill(nt->thread, read_signal());
-            sleep_ns(1000000);
+            sleep_ns(20000);
         }
     }
     pthread_join(nt->thread, NULL);

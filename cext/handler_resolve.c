@@ -351,7 +351,7 @@ static int64_t resolve_run(struct uh_core *c, const struct uh_fault_info *f,
         return resolve(c, f, UH_OP_MOVE, page, p->src + offset, len, 0);
     case UH_ACT_COPY:
         if (offset + len <= p->src_len)
-            return resolve(c, f, UH_OP_COPY, page, p->src + offset, len, 0);
+            return resolve(c, f, UH_OP_COPY, page, p->src + offset, len, p->copy_mode);
         break;
     default:
         break;
@@ -378,7 +378,8 @@ static int64_t resolve_run(struct uh_core *c, const struct uh_fault_info *f,
             memcpy(buf, (const char *)(uintptr_t)(p->src + at), have);
             memset(buf + have, 0, chunk - have);
         }
-        int64_t rc = resolve(c, f, UH_OP_COPY, page + done, (uint64_t)(uintptr_t)buf, chunk, 0);
+        int64_t rc =
+            resolve(c, f, UH_OP_COPY, page + done, (uint64_t)(uintptr_t)buf, chunk, p->copy_mode);
         if (rc < 0)
             return rc;
         total += rc;

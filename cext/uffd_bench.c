@@ -7,8 +7,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -45,65 +45,73 @@ int64_t uh_bench_touch(char *base, size_t npages, size_t page_size, int write, i
 }
 
 struct c_loop {
-    int uffd, efd, resolve, cpu;
+    int uffd, resolve, cpu;
     char *base;
     size_t page_size;
     const char *src;
     uint64_t faults;
     int err;
+    int ready;
 };
 
+/* One fault resolved as l->resolve says; 0 or -errno. */
+static int c_loop_resolve(struct c_loop *l, uint64_t address)
+{
+    uint64_t page = address & ~(uint64_t)(l->page_size - 1);
+    int rc;
+    if (l->resolve == UH_BENCH_WP) {
+        struct uh_uffdio_writeprotect a = {.range = {page, l->page_size}, .mode = 0};
+        rc = ioctl(l->uffd, UH_UFFDIO_WRITEPROTECT, &a);
+    } else if (l->resolve == UH_BENCH_RWP) {
+        struct uh_uffdio_rwprotect a = {.range = {page, l->page_size}, .mode = 0};
+        rc = ioctl(l->uffd, UH_UFFDIO_RWPROTECT, &a);
+    } else {
+        struct uh_uffdio_copy a = {
+            .dst = page,
+            .src = (uint64_t)(uintptr_t)(l->src + (page - (uint64_t)(uintptr_t)l->base)),
+            .len = l->page_size};
+        rc = ioctl(l->uffd, UH_UFFDIO_COPY, &a);
+        if (rc < 0 && errno == EEXIST) {
+            struct uh_uffdio_range r = {page, l->page_size};
+            rc = ioctl(l->uffd, UH_UFFDIO_WAKE, &r);
+        }
+    }
+    return rc < 0 ? -errno : 0;
+}
+
+/* Read first, poll only when nothing is queued: on one CPU the toucher woken by the
+ * resolving ioctl runs at once and faults on its next page before this thread runs again,
+ * so the next message is nearly always there (read + ioctl per fault, no poll). One
+ * message per read: there is one toucher, and a bigger buffer makes the kernel look for a
+ * second message every time. The uffd is the only fd polled: uh_bench_c_loop ends this
+ * thread with pthread_cancel (poll and read are cancellation points; nothing here holds a
+ * resource), so no eventfd joins every poll. */
 static void *c_loop_main(void *arg)
 {
     struct c_loop *l = arg;
-    struct uh_uffd_msg msgs[64];
     l->err = pin_self(l->cpu);
+    __atomic_store_n(&l->ready, 1, __ATOMIC_RELEASE);
+    int wait = 0;
     while (!l->err) {
-        struct pollfd pfd[2] = {{.fd = l->uffd, .events = POLLIN},
-                                {.fd = l->efd, .events = POLLIN}};
-        if (poll(pfd, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            l->err = -errno;
-            break;
-        }
-        if (pfd[1].revents)
-            break;
-        ssize_t got = read(l->uffd, msgs, sizeof(msgs));
-        if (got < 0) {
-            if (errno == EAGAIN)
-                continue;
-            l->err = -errno;
-            break;
-        }
-        for (size_t i = 0; i < (size_t)got / sizeof(msgs[0]); i++) {
-            if (msgs[i].event != UH_UFFD_EVENT_PAGEFAULT)
-                continue;
-            uint64_t page = msgs[i].arg.pagefault.address & ~(uint64_t)(l->page_size - 1);
-            int rc;
-            if (l->resolve == UH_BENCH_WP) {
-                struct uh_uffdio_writeprotect a = {.range = {page, l->page_size}, .mode = 0};
-                rc = ioctl(l->uffd, UH_UFFDIO_WRITEPROTECT, &a);
-            } else if (l->resolve == UH_BENCH_RWP) {
-                struct uh_uffdio_rwprotect a = {.range = {page, l->page_size}, .mode = 0};
-                rc = ioctl(l->uffd, UH_UFFDIO_RWPROTECT, &a);
-            } else {
-                struct uh_uffdio_copy a = {
-                    .dst = page,
-                    .src = (uint64_t)(uintptr_t)(l->src + (page - (uint64_t)(uintptr_t)l->base)),
-                    .len = l->page_size};
-                rc = ioctl(l->uffd, UH_UFFDIO_COPY, &a);
-                if (rc < 0 && errno == EEXIST) {
-                    struct uh_uffdio_range r = {page, l->page_size};
-                    rc = ioctl(l->uffd, UH_UFFDIO_WAKE, &r);
-                }
-            }
-            if (rc < 0) {
+        struct pollfd pfd = {.fd = l->uffd, .events = POLLIN};
+        if (wait && poll(&pfd, 1, -1) < 0) {
+            if (errno != EINTR)
                 l->err = -errno;
-                break;
-            }
-            l->faults++;
+            continue;
         }
+        struct uh_uffd_msg msg;
+        ssize_t got = read(l->uffd, &msg, sizeof(msg));
+        wait = got < 0;
+        if (got < 0) {
+            if (errno != EAGAIN)
+                l->err = -errno;
+            continue;
+        }
+        if (msg.event != UH_UFFD_EVENT_PAGEFAULT)
+            continue;
+        l->err = c_loop_resolve(l, msg.arg.pagefault.address);
+        if (!l->err)
+            l->faults++;
     }
     return NULL;
 }
@@ -114,21 +122,20 @@ int64_t uh_bench_c_loop(int uffd, char *base, size_t npages, size_t page_size,
 {
     struct c_loop l = {.uffd = uffd, .resolve = resolve, .cpu = handler_cpu, .base = base,
                        .page_size = page_size, .src = src};
-    l.efd = eventfd(0, EFD_CLOEXEC);
-    if (l.efd < 0)
-        return -errno;
     pthread_t handler;
     int rc = pthread_create(&handler, NULL, c_loop_main, &l);
-    if (rc) {
-        close(l.efd);
+    if (rc)
         return -rc;
-    }
+    /* The handler is pinned and about to read before the toucher's clock starts: its
+     * creation and first migration are not the loop's time. */
+    while (!__atomic_load_n(&l.ready, __ATOMIC_ACQUIRE))
+        sched_yield();
     int64_t elapsed =
         uh_bench_touch(base, npages, page_size, resolve != UH_BENCH_COPY, toucher_cpu);
-    uint64_t one = 1;
-    (void)!write(l.efd, &one, sizeof(one));
+    /* Every fault the toucher raised is resolved (it returned): the handler is in poll()
+     * or read(), or has failed and returned. */
+    pthread_cancel(handler);
     pthread_join(handler, NULL);
-    close(l.efd);
     *faults = l.faults;
     if (l.err)
         return l.err;

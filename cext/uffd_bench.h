@@ -15,10 +15,10 @@ int64_t uh_bench_touch(char *base, size_t npages, size_t page_size, int write, i
 #define UH_BENCH_WP 1   /* UFFDIO_WRITEPROTECT mode 0 */
 #define UH_BENCH_RWP 2  /* UFFDIO_RWPROTECT mode 0 (7.3) */
 
-/* The reference loop: one handler pthread pinned to handler_cpu doing poll(uffd, eventfd)
- * + read(uffd_msg batch) + one resolve per fault as `resolve` says, and one toucher
- * pthread pinned to toucher_cpu. Returns the toucher's elapsed ns, or -errno; *faults gets
- * the faults the handler resolved. */
+/* The reference loop: one handler pthread pinned to handler_cpu doing read(one uffd_msg),
+ * poll(uffd) only when nothing is queued, and one resolve per fault as `resolve` says; and
+ * one toucher pthread pinned to toucher_cpu, started once the handler is pinned. Returns
+ * the toucher's elapsed ns, or -errno; *faults gets the faults the handler resolved. */
 int64_t uh_bench_c_loop(int uffd, char *base, size_t npages, size_t page_size,
                         const char *src, int resolve, int toucher_cpu, int handler_cpu,
                         uint64_t *faults);

@@ -81,6 +81,7 @@ struct uh_policy {
     const char *pattern;
     uint64_t pattern_len;
     uint64_t seed;
+    uint64_t copy_mode; /* COPY, FILL, INDEXED: UFFDIO_COPY mode (UFFDIO_COPY_MODE_WP) */
 };
 
 struct uh_fault_info {

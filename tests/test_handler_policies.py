@@ -119,6 +119,35 @@ def test_missing_write_faults_counted_as_writes(engine, uffd_factory, region_fac
     assert_clean(stats, 8, PAGE_SIZE)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_protect_installs_write_protected_pages(engine, uffd_factory, region_factory):
+    """Copy/FillIndexed(protect=True) resolve with UFFDIO_COPY_MODE_WP: the reads leave
+    every page protected, and each write after them is a WP fault that Unprotect serves."""
+    from uffdharness.pagemap import wp_pages
+
+    region = region_factory("anon", 8)
+    uffd = uffd_factory(Feature.PAGEFAULT_FLAG_WP)
+    uffd.register(region, mode=RegisterMode.MISSING | RegisterMode.WP)
+    handler = FaultHandler(
+        uffd, FillIndexed(SEED, protect=True) | Unprotect(), region, engine=engine
+    )
+    with handler:
+        run_touch(region, None, on_hang=handler.stop)
+        protected = wp_pages(region)
+        run_touch(region, None, write=True, on_hang=handler.stop)
+        after = wp_pages(region)
+    assert protected == list(range(8))
+    assert after == []
+    assert (handler.stats.faults.missing, handler.stats.faults.wp) == (8, 8)
+    assert_indexed(region, SEED)
+
+
+def test_protect_survives_combining():
+    assert (Copy(b"x" * PAGE_SIZE, protect=True) | Unprotect()).protect
+    assert not (Copy(b"x" * PAGE_SIZE) | Unprotect()).protect
+    assert "protect" in repr(FillIndexed(1, protect=True))
+
+
 @pytest.mark.parametrize("source_kind", ["bytes", "bytearray", "file", "short"])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_copy_sources(engine, source_kind, uffd_factory, region_factory, tmp_path):

@@ -30,7 +30,9 @@ def test_every_kind_has_exactly_one_row():
         "anon-thp",
         "shmem-thp",
         "anon-mthp",
+        "shmem-mthp",
         "hugetlb-1g",
+        "hugetlb-1g-private",
     }
     assert MemoryKind.HUGETLB.spec is SPECS["hugetlb"]
 

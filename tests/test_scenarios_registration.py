@@ -57,7 +57,7 @@ def facts(results, scenario: str, memory: str) -> dict:
 
 def test_every_pair_passes_or_skips_for_a_stated_reason(results):
     expected = {
-        "register-ioctls": {*ALL_KINDS, *THP_KINDS, "hugetlb-1g"},
+        "register-ioctls": {*ALL_KINDS, *THP_KINDS, "hugetlb-1g", "hugetlb-1g-private"},
         "api-probe": {"anon"},
         "mapped-eexist": set(MINOR_KINDS),
         "mmap-changing": {"anon", "shmem", "memfd", "memfd-private"},
@@ -163,7 +163,7 @@ def test_judge_ioctls():
 
 def test_register_ioctls_declares_modes_it_needs_and_probes_the_others():
     item = CATALOGUE["register-ioctls"]
-    assert item.memory == (*ALL_KINDS, *THP_KINDS, "hugetlb-1g")
+    assert item.memory == (*ALL_KINDS, *THP_KINDS, "hugetlb-1g", "hugetlb-1g-private")
     assert item.modes == RegisterMode.MISSING
     assert item.probes == RegisterMode.WP | RegisterMode.MINOR
     five_ten = (

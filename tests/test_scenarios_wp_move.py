@@ -52,7 +52,7 @@ def test_every_pair_passes_or_skips_for_a_stated_reason(results):
         "wp-fork": {"anon", "shmem", "memfd", "memfd-private", "hugetlb"},
         "wp-fork-hugetlb-private": {"hugetlb-private"},
         "move": {"anon"},
-        "per-vma-lock-race": {"anon", "shmem"},
+        "per-vma-lock-race": {"anon", "shmem", "hugetlb"},
     }
     for scenario, kinds in expected.items():
         assert {m for s, m in results if s == scenario} == kinds
@@ -160,14 +160,17 @@ def test_move_facts(results):
     assert errors["stops_at_populated_dst"] == {"result": "EAGAIN", "bytes": 4096}
 
 
-@pytest.mark.parametrize("memory", ["anon", "shmem"])
+@pytest.mark.parametrize("memory", ["anon", "shmem", "hugetlb"])
 def test_race_facts(results, memory):
     f = facts(results, "per-vma-lock-race", memory)
     assert f["hung_threads"] == 0 and f["data_problems"] == 0 and f["unexpected_errnos"] == []
-    assert sum(f["ops_done"].values()) > 100 and sum(f["mutations_done"].values()) > 10
+    # 2 MiB COPYs from Python are slow: tens in the race, not hundreds
+    least_ops = 10 if memory == "hugetlb" else 100
+    assert sum(f["ops_done"].values()) > least_ops and sum(f["mutations_done"].values()) > 10
     assert f["pages_verified"] > 0
-    expected_ops = {"COPY", "ZEROPAGE", "MOVE"} if memory == "anon" else {"COPY", "ZEROPAGE"}
-    assert set(f["ops_done"]) == expected_ops
+    expected_ops = {"anon": {"COPY", "ZEROPAGE", "MOVE"}, "shmem": {"COPY", "ZEROPAGE"}}
+    assert set(f["ops_done"]) == expected_ops.get(memory, {"COPY"})
+    assert not f["churn_slots_lost"]
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,14 @@ def test_a_handler_that_loses_data_fails(monkeypatch):
     assert any("page" in problem and "bounce" in problem for problem in result.problems)
 
 
+def test_threads_past_the_deadline_fail_and_are_reaped():
+    """A bounce longer than its deadline is a failure; dst is unregistered, which frees any
+    thread waiting in a fault, and every thread is joined before the memory goes."""
+    result = stress.run(small(mib=8, bounces=2, deadline=0.0005))
+    assert result.verdict == "fail"
+    assert any("deadline" in problem for problem in result.problems), result.problems
+
+
 def test_verify_names_the_first_bad_page():
     with allocate("anon", 8) as area:
         counts = stress.ffi.new("uint64_t[]", 8)

@@ -31,6 +31,12 @@ def thp_knobs(spec: KindSpec) -> list[thp.Knob]:
             thp.Knob(f"{top}/shmem_enabled", THP_SHMEM, "advise"),
             thp.Knob(f"{pmd_dir}/shmem_enabled", THP_SHMEM | INHERITS, "inherit"),
         ]
+    if spec.thp == "mthp" and spec.family == "shmem":
+        # anonymous shmem's per-size knobs (6.11); memfd/tmpfs follow the huge= mount option
+        sizes = thp.mthp_sizes(pmd_size())
+        return [
+            thp.Knob(f"{thp.size_dir(size)}/shmem_enabled", THP_SHMEM, "advise") for size in sizes
+        ]
     if spec.thp == "mthp":
         sizes = thp.mthp_sizes(pmd_size())
         return [thp.Knob(f"{thp.size_dir(size)}/enabled", THP_ANON, "madvise") for size in sizes]

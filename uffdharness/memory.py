@@ -204,6 +204,19 @@ KIND_TABLE: tuple[KindSpec, ...] = (
         since=KernelGate("6.8", "'mm: thp: support allocation of anonymous multi-size THP'"),
     ),
     KindSpec(
+        "shmem-mthp",
+        "shmem",
+        True,
+        "anonymous",
+        sc.MADV_REMOVE,
+        _SHMEM_MODES,
+        general=False,
+        thp="mthp",
+        since=KernelGate(
+            "6.11", "'mm: shmem: add multi-size THP sysfs interface for anonymous shmem'"
+        ),
+    ),
+    KindSpec(
         "hugetlb-1g",
         "hugetlb",
         True,
@@ -211,6 +224,18 @@ KIND_TABLE: tuple[KindSpec, ...] = (
         sc.MADV_REMOVE,
         _HUGETLB_MODES,
         {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED},
+        general=False,
+        hugetlb_size=1 << 30,
+        max_pages=1,
+    ),
+    KindSpec(
+        "hugetlb-1g-private",
+        "hugetlb",
+        False,
+        "memfd",
+        sc.MADV_DONTNEED,
+        _HUGETLB_MODES,
+        {"mremap": _HUGETLB_MREMAP, "zap": _HUGETLB_DONTNEED, "drop": _HUGETLB_DONTNEED},
         general=False,
         hugetlb_size=1 << 30,
         max_pages=1,
@@ -258,7 +283,9 @@ class MemoryKind(str, Enum):
     ANON_THP = "anon-thp"  # private anonymous, PMD-aligned, MADV_HUGEPAGE
     SHMEM_THP = "shmem-thp"  # memfd mapped shared, PMD-aligned, MADV_HUGEPAGE
     ANON_MTHP = "anon-mthp"  # private anonymous at an mTHP folio size, MADV_HUGEPAGE
+    SHMEM_MTHP = "shmem-mthp"  # MAP_SHARED | MAP_ANONYMOUS at an mTHP folio size (6.11)
     HUGETLB_1G = "hugetlb-1g"  # memfd MFD_HUGETLB | MFD_HUGE_1GB, mapped shared
+    HUGETLB_1G_PRIVATE = "hugetlb-1g-private"  # the same mapped private
 
     @property
     def spec(self) -> KindSpec:

@@ -110,27 +110,90 @@ def write_junit(path: str, suites: Sequence[tuple[str, Sequence[Result]]]) -> No
     junit_tree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
+KTAP_INDENT = "  "  # one nesting level (Documentation/dev-tools/ktap.rst)
+
+
 def ktap(results: Sequence[Result]) -> str:
-    """KTAP version 1: known-bug is ok with a note, skip is '# SKIP', the rest 'not ok'."""
-    lines = ["KTAP version 1", f"1..{len(results)}"]
-    for number, result in enumerate(results, 1):
-        name = f"{result.id}_{result.memory}".replace("-", "_")
-        if result.verdict == "pass":
-            lines.append(f"ok {number} {name}")
-        elif result.verdict == "known-bug":
-            lines.append(f"ok {number} {name} # known-bug: {_one_line(result.reason)}")
-        elif result.verdict == "skip":
-            lines.append(f"ok {number} {name} # SKIP {_one_line(result.reason)}")
-        else:
-            lines.append(f"# {result.verdict}: {_one_line(result.reason)}")
-            lines.append(f"not ok {number} {name}")
-    tally = counts(results)
-    lines.append(
-        f"# Totals: pass:{tally['pass'] + tally['known-bug']} "
-        f"fail:{tally['fail'] + tally['error'] + tally['hang']} xfail:0 xpass:0 "
-        f"skip:{tally['skip']} error:0"
-    )
+    """One KTAP version 1 document: a test per scenario, its memory kinds as subtests."""
+    lines = ["KTAP version 1"]
+    lines += _ktap_scenarios(results, "")
+    lines.append(_ktap_totals(results))
     return "\n".join(lines) + "\n"
+
+
+def ktap_kernels(runs: Sequence[tuple[str, Sequence[Result]]]) -> str:
+    """One KTAP document for several kernels: a top-level test per kernel (its name the
+    kernel's label), the scenarios and their memory kinds nested below."""
+    lines = ["KTAP version 1", f"1..{len(runs)}"]
+    everything: list[Result] = []
+    for number, (label, results) in enumerate(runs, 1):
+        lines.append(KTAP_INDENT + "KTAP version 1")
+        lines += _ktap_scenarios(results, KTAP_INDENT)
+        lines.append(_ktap_parent(number, _ktap_name(label), results))
+        everything += results
+    lines.append(_ktap_totals(everything))
+    return "\n".join(lines) + "\n"
+
+
+def _ktap_scenarios(results: Sequence[Result], indent: str) -> list[str]:
+    """The plan and one test per scenario (in first-seen order), each with its kinds
+    nested one level deeper; the document's or parent's version line is the caller's."""
+    by_scenario: dict[str, list[Result]] = {}
+    for result in results:
+        by_scenario.setdefault(result.id, []).append(result)
+    lines = [f"{indent}1..{len(by_scenario)}"]
+    inner = indent + KTAP_INDENT
+    for number, (scenario_id, kinds) in enumerate(by_scenario.items(), 1):
+        lines += [f"{inner}KTAP version 1", f"{inner}1..{len(kinds)}"]
+        for sub, result in enumerate(kinds, 1):
+            lines += [inner + line for line in _ktap_case(sub, result)]
+        lines.append(indent + _ktap_parent(number, scenario_id, kinds))
+    return lines
+
+
+def _ktap_case(number: int, result: Result) -> list[str]:
+    """A memory kind's result line, after a diagnostic line for a failure. known-bug is
+    ok # XFAIL (as kselftest's ktap_test_xfail writes it: kunit_parser counts it a pass);
+    hang is not ok # TIMEOUT; a harness error not ok # ERROR."""
+    name = _ktap_name(result.memory)
+    reason = _ktap_text(result.reason)
+    if result.verdict == "pass":
+        return [f"ok {number} {name}"]
+    if result.verdict == "known-bug":
+        return [f"ok {number} {name} # XFAIL {reason}"]
+    if result.verdict == "skip":
+        return [f"ok {number} {name} # SKIP {reason}"]
+    if result.verdict == "hang":
+        return [f"not ok {number} {name} # TIMEOUT {reason}"]
+    if result.verdict == "error":
+        return [f"not ok {number} {name} # ERROR {reason}"]
+    return [f"# {result.id} {result.memory}: {reason}", f"not ok {number} {name}"]
+
+
+def _ktap_parent(number: int, name: str, results: Sequence[Result]) -> str:
+    """A parent fails when a subtest does; skipped when every subtest was."""
+    if any(r.verdict in ("fail", "error", "hang") for r in results):
+        return f"not ok {number} {_ktap_name(name)}"
+    if results and all(r.verdict == "skip" for r in results):
+        return f"ok {number} {_ktap_name(name)} # SKIP every memory kind skipped"
+    return f"ok {number} {_ktap_name(name)}"
+
+
+def _ktap_totals(results: Sequence[Result]) -> str:
+    tally = counts(results)
+    return (
+        f"# Totals: pass:{tally['pass']} fail:{tally['fail']} xfail:{tally['known-bug']} "
+        f"xpass:0 skip:{tally['skip']} error:{tally['error'] + tally['hang']}"
+    )
+
+
+def _ktap_name(text: str) -> str:
+    """A description may hold anything but '#' and a newline."""
+    return " ".join(text.replace("#", "_").split())
+
+
+def _ktap_text(text: str) -> str:
+    return _one_line(text).replace("\n", " ")
 
 
 def _one_line(text: str) -> str:

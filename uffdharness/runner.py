@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import system
 from .defaults import DEFAULT_TIMEOUT
@@ -219,5 +219,27 @@ def run(
     return results
 
 
-def exit_status(results: Iterable[Result]) -> int:
-    return 1 if any(r.verdict in BAD_VERDICTS for r in results) else 0
+# Exit statuses as kselftest runners read them (KSFT_* in tools/testing/selftests/kselftest.h;
+# 2 stays the usage error it is for argparse, 128 + N a death by signal N).
+EXIT_PASS = 0  # KSFT_PASS: every result pass, known-bug or skip, and at least one not skip
+EXIT_FAIL = 1  # KSFT_FAIL: any fail, error or hang
+EXIT_SKIP = 4  # KSFT_SKIP: every result a skip: nothing could be checked here
+EXIT_STATUSES = (EXIT_PASS, EXIT_FAIL, EXIT_SKIP)  # what exit_status can give
+
+
+class HasVerdict(Protocol):
+    @property
+    def verdict(self) -> str: ...
+
+
+def exit_status(results: Iterable[HasVerdict]) -> int:
+    """The exit status of a run with these results (a scenario run's, a matrix's, stress's).
+
+    No results at all is EXIT_SKIP too: nothing was checked, so nothing passed.
+    """
+    verdicts = [result.verdict for result in results]
+    if any(verdict in BAD_VERDICTS for verdict in verdicts):
+        return EXIT_FAIL
+    if all(verdict == "skip" for verdict in verdicts):
+        return EXIT_SKIP
+    return EXIT_PASS

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import syscalls as sc
+from . import system
 from ._native import ffi, lib
 from .abi import Feature, RegisterMode, WriteProtectMode, missing_features_reason
 from .errors import UffdError
@@ -263,7 +264,10 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
     with ExitStack() as stack:
         try:
             arena = Arena(kind, area_length, unit, stack)
-            uffd = stack.enter_context(Userfaultfd.open(features))
+            # Lockers fault from user mode only: a UFFD_USER_MODE_ONLY uffd serves them
+            # where that is all this process may open.
+            only = system.facts().user_mode_only
+            uffd = stack.enter_context(Userfaultfd.open(features, user_mode_only=only))
         except UffdError as exc:
             raise StressError(str(exc)) from exc
         counts = ffi.new("uint64_t[]", result.pages)
@@ -352,7 +356,7 @@ def _bounce(
         rc = lib.uh_stress_start(b)
         if rc < 0:
             raise OSError(-rc, f"stress threads: {os.strerror(-rc)}")
-        _wait(b, began + config.deadline, uffd, dst, index, result)
+        _wait(b, began + config.deadline, index, result)
     finally:
         lib.uh_stress_abort(b)
         stats = []
@@ -397,9 +401,7 @@ def _drop(region: Region) -> None:
         region.punch_hole()
 
 
-def _wait(
-    b: Any, deadline: float, uffd: Userfaultfd, dst: Region, index: int, result: StressResult
-) -> None:
+def _wait(b: Any, deadline: float, index: int, result: StressResult) -> None:
     """Wait for the bounce's threads in short slices (signals are handled between them).
     Past the deadline they count as stuck: the caller unregisters dst, which wakes a thread
     stuck in a fault, and reaps them."""
@@ -412,8 +414,8 @@ def _wait(
         if time.monotonic() >= deadline:
             break
     result.problems.append(
-        f"bounce {index}: {left} threads still running {deadline - time.monotonic() + 0:.0f}s "
-        "past the deadline"
+        f"bounce {index}: {left} of its lockers, copiers and churn thread still running at "
+        "the bounce's deadline (stuck in a fault or an ioctl)"
     )
     lib.uh_stress_abort(b)
 

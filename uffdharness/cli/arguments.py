@@ -15,6 +15,15 @@ MAX_SCENARIO_TIMEOUT_S = 3600.0
 MAX_GUEST_TIMEOUT_S = 86400.0
 
 
+def exit_status_help(failures: str = "fail, error or hang") -> str:
+    """The exit statuses of a command judged by runner.exit_status, for its description."""
+    return (
+        "Exit status, as kselftest runners read it: 0 when every result is pass, known-bug "
+        f"or skip and at least one is not a skip; 1 on any {failures}; 4 (KSFT_SKIP) when "
+        "every result is a skip; 2 on bad input; 128 + N when stopped by signal N."
+    )
+
+
 def seconds(upper: float) -> Callable[[str], float]:
     """An argparse type: a finite number of seconds in (0, upper]."""
 

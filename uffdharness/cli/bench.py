@@ -8,6 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from uffdharness.cli import bench_demand
 from uffdharness.cli.arguments import MAX_GUEST_TIMEOUT_S, check_outputs, count, seconds
 from uffdharness.cli.ciargs import add_kcidb_arguments
 
@@ -26,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "and read-write-protect (7.3) round trips, for the native, thread and process "
             "engines beside a plain C loop, with both threads pinned to one CPU and to two; "
             "readahead pages/s; ratios and targets. Needs root for hugetlb (skipped with the "
-            "reason otherwise). --kernel runs it in a guest, e.g. for RWP on a host without it."
+            "reason otherwise). --kernel runs it in a guest, e.g. for RWP on a host without it. "
+            "'bench demand-paging' measures V toucher threads instead (see its --help)."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -58,6 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_kcidb_arguments(parser)
     parser.set_defaults(handler=run, usage_error=parser.error)
+    # Optional: plain `uffdharness bench [opts]` is the faults benchmark above; a named one
+    # brings its own options (its parser's defaults replace handler and usage_error).
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="<benchmark>")
+    bench_demand.add_parser(benchmarks)
 
 
 WORKLOADS = ("anon", "shmem", "hugetlb", "wp", "rwp")

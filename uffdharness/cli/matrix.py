@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from uffdharness.interrupts import signal_name
 
-from .arguments import add_guest_timeouts, check_outputs, count
+from .arguments import add_guest_timeouts, check_outputs, count, exit_status_help
 from .ciargs import add_ci_arguments, add_kcidb_arguments
 from .run import add_selection_arguments
 
@@ -54,12 +54,13 @@ USAGE = (
     "%(prog)s --kernel SPEC [--kernel SPEC ...] [options]\n"
     "       %(prog)s merge FILE... [--json FILE] [--junit FILE]"
 )
+MATRIX_FAILURES = "fail, error or hang, expectation violation or guest failure"
 MERGE_DESCRIPTION = (
     "Merge `uffdharness matrix --json` files (one CI job per kernel) into one kernel x "
     "scenario table, JSON and JUnit report. Expectations are checked again with this "
     "installation's data, so every kernel is judged by the same rules; a kernel in several "
-    "files keeps its last section. Exits 1 on any fail, error, hang, expectation violation "
-    "or guest failure, and 2 when no input is usable."
+    "files keeps its last section. " + exit_status_help(MATRIX_FAILURES) + " 2 also when "
+    "no input is usable."
 )
 
 
@@ -70,8 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="run the catalogue under other kernels booted in qemu; merge such runs",
         description="Boot each kernel in qemu (the host's root file system, read-only), run "
         "`uffdharness run` there once, and print a kernel x scenario table. Each kernel's "
-        "results are checked against what that kernel version is expected to show. Exits 1 "
-        "on any fail, error or hang, expectation violation or guest failure.",
+        "results are checked against what that kernel version is expected to show. "
+        + exit_status_help(MATRIX_FAILURES),
         epilog=f"SPEC: {SPEC_HELP}. Debian kernels are downloaded once into "
         "~/.cache/uffdharness/kernels.",
     )
@@ -121,6 +122,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action
         parser.add_argument("--json", metavar="FILE", help="write the JSON report to FILE"),
         parser.add_argument(
             "--junit", metavar="FILE", help="write JUnit XML to FILE, one testsuite per kernel"
+        ),
+        parser.add_argument(
+            "--ktap",
+            action="store_true",
+            help="print one KTAP document (a top-level test per kernel) instead of the table",
         ),
         parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr"),
         *add_ci_arguments(parser, "once the kernels have run, the kernel first in its id"),
@@ -254,7 +260,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             from uffdharness.lava import print_matrix
 
             print_matrix(runs, out)
-        report.print_table(runs, out, wall)
+        if args.ktap:
+            out.write(report.ktap(runs))
+        else:
+            report.print_table(runs, out, wall)
         out.flush()
     except OSError as exc:  # a terminal gone with SIGHUP; the reports below still count
         err.write(f"uffdharness matrix: cannot print the table: {describe_error(exc)}\n")

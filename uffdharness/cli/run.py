@@ -8,7 +8,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from uffdharness.cli.arguments import MAX_SCENARIO_TIMEOUT_S, check_outputs, seconds
+from uffdharness.cli.arguments import (
+    MAX_SCENARIO_TIMEOUT_S,
+    check_outputs,
+    exit_status_help,
+    seconds,
+)
 from uffdharness.cli.ciargs import add_ci_arguments
 from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.memory import CATALOGUE_KINDS
@@ -41,8 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="run the scenario catalogue on the running kernel",
         description="Run every scenario on every memory kind it applies to, each in its own "
-        "process under a timeout, and print one verdict per pair. Exits 1 on any fail, "
-        "error or hang.",
+        "process under a timeout, and print one verdict per pair. " + exit_status_help(),
     )
     add_selection_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")

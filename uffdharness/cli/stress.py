@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from uffdharness.cli.arguments import check_outputs, count, seconds
+from uffdharness.cli.arguments import check_outputs, count, exit_status_help, seconds
 
 if TYPE_CHECKING:
     from uffdharness.stress import StressResult
@@ -31,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "in), the handlers resolve the faults by UFFDIO_COPY from the other area, "
             "background threads UFFDIO_COPY every page racing them (EEXIST, then WAKE), and "
             "a thread churns the neighbouring VMAs; then the areas swap. Every counter is "
-            "checked after each bounce. Exits 1 on any lost or doubled increment, unexpected "
-            "errno or stuck thread, 2 on bad input."
+            "checked after each bounce; a kind that cannot run here is a skip. "
+            + exit_status_help("lost or doubled increment, unexpected errno or stuck thread")
         ),
     )
     parser.add_argument(
@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from uffdharness import stress, system
+    from uffdharness import runner, stress, system
     from uffdharness.kindsetup import KindSetup
     from uffdharness.memory import MemoryKind
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         with open(args.json, "w") as handle:
             json.dump(document, handle, indent=2)
             handle.write("\n")
-    return 1 if any(result.verdict == "fail" for result in results) else 0
+    return runner.exit_status(results)
 
 
 def _line(result: StressResult) -> str:

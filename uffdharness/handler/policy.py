@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import syscalls as sc
 from .._native import ffi, lib
+from ..abi import CopyMode
 from ..errors import HarnessError
 from ..memory import PAGE_SIZE
 
@@ -184,6 +185,7 @@ class Builtin(Policy):
         rwp: Action | None = None,
         readahead: int = 1,
         delay_us: int = 0,
+        protect: bool = False,
     ) -> None:
         if readahead < 1:
             raise ValueError(f"readahead must be at least one page, got {readahead}")
@@ -195,6 +197,9 @@ class Builtin(Policy):
         self.rwp = rwp
         self.readahead = readahead
         self.delay_us = delay_us
+        # COPY/FILL/INDEXED resolve with UFFDIO_COPY_MODE_WP: the page arrives
+        # write-protected (registered MISSING|WP), its first write a WP fault.
+        self.protect = protect
 
     @property
     def is_native(self) -> bool:
@@ -206,7 +211,7 @@ class Builtin(Policy):
 
     def _fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {kind: getattr(self, kind) for kind in _KINDS}
-        fields.update(readahead=self.readahead, delay_us=self.delay_us)
+        fields.update(readahead=self.readahead, delay_us=self.delay_us, protect=self.protect)
         return fields
 
     def __or__(self, other: Builtin) -> Builtin:
@@ -221,6 +226,7 @@ class Builtin(Policy):
             merged[kind] = mine if mine is not None else theirs
         merged["readahead"] = max(self.readahead, other.readahead)
         merged["delay_us"] = max(self.delay_us, other.delay_us)
+        merged["protect"] = self.protect or other.protect
         return Builtin(**merged)
 
     def actions(self) -> dict[str, Action]:
@@ -232,6 +238,8 @@ class Builtin(Policy):
             parts.append(f"readahead={self.readahead}")
         if self.delay_us:
             parts.append(f"delay_us={self.delay_us}")
+        if self.protect:
+            parts.append("protect")
         return f"Builtin({', '.join(parts)})"
 
     def compile(self, resources: Resources) -> Any:
@@ -239,6 +247,7 @@ class Builtin(Policy):
         config = ffi.new("struct uh_policy *")
         config.readahead = self.readahead
         config.delay_us = self.delay_us
+        config.copy_mode = int(CopyMode.WP) if self.protect else 0
         for kind, action in self.actions().items():
             setattr(config, kind, action.code)
             if action.source is not None:
@@ -257,10 +266,12 @@ class Builtin(Policy):
 
 class Copy(Builtin):
     """Missing faults: UFFDIO_COPY the page from ``source`` at the same offset (bytes past
-    the end of the source arrive as zeros)."""
+    the end of the source arrive as zeros); ``protect``: with UFFDIO_COPY_MODE_WP."""
 
-    def __init__(self, source: Any) -> None:
-        super().__init__(missing=Action(lib.UH_ACT_COPY, "copy", source=as_source(source)))
+    def __init__(self, source: Any, *, protect: bool = False) -> None:
+        super().__init__(
+            missing=Action(lib.UH_ACT_COPY, "copy", source=as_source(source)), protect=protect
+        )
 
 
 class Fill(Builtin):
@@ -275,10 +286,11 @@ class Fill(Builtin):
 
 class FillIndexed(Builtin):
     """Missing faults: UFFDIO_COPY of the content ``Region.fill_indexed(seed)`` writes, so
-    ``Region.find_indexed_mismatch(seed)`` verifies every page."""
+    ``Region.find_indexed_mismatch(seed)`` verifies every page; ``protect``: with
+    UFFDIO_COPY_MODE_WP."""
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__(missing=Action(lib.UH_ACT_INDEXED, "indexed", seed=seed))
+    def __init__(self, seed: int = 0, *, protect: bool = False) -> None:
+        super().__init__(missing=Action(lib.UH_ACT_INDEXED, "indexed", seed=seed), protect=protect)
 
 
 class Zeropage(Builtin):

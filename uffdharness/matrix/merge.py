@@ -7,7 +7,8 @@ Both are one command (uffdharness.cli.matrix holds its arguments and output; thi
 keeps ``python -m`` working for CI). Prints the combined kernel x scenario table.
 Expectations are checked again with this installation's data, so every kernel is judged by
 the same rules. Exits 1 on any fail, error, hang, expectation violation or guest failure,
-and 2 when no input is usable.
+4 when every kernel skipped every pair, 2 when no input is usable, else 0 (runner's
+exit_status, as for the run it merges).
 """
 
 from __future__ import annotations

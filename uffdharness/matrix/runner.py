@@ -27,7 +27,8 @@ from typing import Any, Literal
 from ..errors import errno_name
 from ..interrupts import signal_name
 from ..kernelversion import KernelVersion
-from ..runner import DEFAULT_TIMEOUT, Result
+from ..runner import DEFAULT_TIMEOUT, EXIT_FAIL, EXIT_STATUSES, Result
+from ..runner import exit_status as verdicts_exit_status
 from ..scenarios.model import BAD_VERDICTS
 from . import hosttools, kernels, kvmprobe, reportschema
 from .children import CHILDREN, Stopped
@@ -136,8 +137,12 @@ class KernelRun:
 
 
 def exit_status(runs: Sequence[KernelRun]) -> int:
-    """1 on any fail/error/hang row, expectation violation or guest failure; else 0."""
-    return 0 if runs and all(run.ok for run in runs) else 1
+    """EXIT_FAIL (1) on any fail/error/hang row, expectation violation or guest failure, or
+    no kernel at all; else the runner's status of every kernel's results together: EXIT_SKIP
+    (4) when each of them skipped, EXIT_PASS (0) otherwise."""
+    if not runs or not all(run.ok for run in runs):
+        return EXIT_FAIL
+    return verdicts_exit_status(result for run in runs for result in run.results)
 
 
 def guest_python() -> str:
@@ -411,7 +416,7 @@ def _read_report(outcome: GuestResult) -> tuple[GuestReport | None, str]:
         report = parse_report(data)
     except reportschema.ReportError as exc:
         return None, str(exc)
-    if outcome.exit_code not in (0, 1):
+    if outcome.exit_code not in EXIT_STATUSES:
         return report, f"uffdharness run exited {outcome.exit_code}"
     return report, ""
 

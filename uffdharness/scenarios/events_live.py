@@ -18,10 +18,11 @@ from .. import syscalls as sc
 from .._native import ffi, lib
 from ..abi import Feature, RegisterMode
 from ..events import RemapEvent, RemoveEvent
-from ..handler import FaultHandler, FillIndexed, LoggedEvent
+from ..handler import FaultHandler, FillIndexed, LoggedEvent, Unprotect
 from ..isolation import wait_or_kill
 from ..maps import read_smaps_range
 from ..memory import PAGE_SIZE, Region
+from ..pagemap import wp_pages
 from .checks import Checks
 from .context import Background, Context
 from .model import ALL_KINDS, Observation
@@ -123,6 +124,44 @@ def _remap(ctx: Context, engine: str) -> Checks:
     return check
 
 
+def _remap_wp(ctx: Context, engine: str) -> Checks | None:
+    """The selftests' events-wp: registered MISSING|WP, the handler resolves missing faults
+    with UFFDIO_COPY_MODE_WP, so every page arrives write-protected, across an EVENT_REMAP
+    mid-run; then every write is a WP fault the handler resolves by unprotecting. None
+    where the kind or kernel has no uffd-wp."""
+    features = ctx.probe_features(RegisterMode.MISSING | RegisterMode.WP)
+    if features is None:
+        return None
+    pages = _pages(ctx)
+    region = ctx.region(pages)
+    space = ctx.region(2 * region.length // PAGE_SIZE, kind="anon", align=region.page_size)
+    destination = space.addr + region.length
+    uffd = ctx.uffd(Feature.EVENT_REMAP | features)
+    uffd.register(region, mode=RegisterMode.MISSING | RegisterMode.WP)
+    check = Checks()
+    visible = ctx.system.pagemap_uffd_wp  # pagemap bit 57 (5.14): else only the faults say
+    policy = FillIndexed(SEED, protect=True) | Unprotect()
+    with FaultHandler(uffd, policy, region, engine=engine) as handler:
+        _ran(check, "read_before_served", region.touch, range(pages // 2))
+        flags = sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED
+        _ran(check, "mremap_returned", region.mremap, region.length, flags, destination)
+        _ran(check, "read_after_served", region.touch)
+        if visible:
+            # EVENT_REMAP keeps the registration, so mremap keeps the bits of moved pages
+            check.expect("wp_pages_after_reads", wp_pages(region), list(range(pages)))
+        _ran(check, "write_served", region.touch, write=True)
+        if visible:
+            check.expect("wp_pages_after_writes", wp_pages(region), [])
+    stats = handler.stats
+    check.expect("missing_faults", stats.faults.missing, pages)
+    check.expect("wp_faults", stats.faults.wp, pages)
+    check.expect("first_wrong_offset", region.find_indexed_mismatch(SEED), None)
+    check.expect("handler_errors", stats.errors, {})
+    region.close()
+    space.close()
+    return check
+
+
 def _from(base: int, served: tuple[int, int, int]) -> list[int]:
     start, length, source_offset = served
     return [start - base, length, source_offset]
@@ -192,18 +231,23 @@ def _remove(ctx: Context, engine: str) -> Checks:
     checks="a FaultHandler serving missing faults follows EVENT_FORK (the child's faults "
     "served on the new uffd), EVENT_REMAP (faults served at the new address, 5.16 on "
     "hugetlb) and EVENT_REMOVE (the range unregistered, its pages then read zero) (4.11), "
-    "as the kernel selftests' events test does, data verified",
+    "as the kernel selftests' events test does, data verified; and, where the kind has "
+    "uffd-wp, the remap case registered MISSING|WP with pages resolved by "
+    "UFFDIO_COPY_MODE_WP (protected, then each write a WP fault), as events-wp does",
     memory=ALL_KINDS,
     modes=RegisterMode.MISSING,
+    probes=RegisterMode.MISSING | RegisterMode.WP,
     features=Feature.EVENT_FORK | Feature.EVENT_REMAP | Feature.EVENT_REMOVE,
     uses=("mremap", "drop"),
     hugepages=6,
 )
 def events_live(ctx: Context) -> Observation:
     check = Checks()
-    cases = {"fork": _fork, "remap": _remap, "remove": _remove}
+    cases = {"fork": _fork, "remap": _remap, "remove": _remove, "remap_wp": _remap_wp}
     for engine in ENGINES:
         for name, case in cases.items():
-            check.nest(f"{name}_{engine}", case(ctx, engine))
+            result = case(ctx, engine)
+            if result is not None:
+                check.nest(f"{name}_{engine}", result)
     failed = sorted({problem.split(".")[0] for problem in check.problems})
     return check.observation(key="all served, data ok" if check.ok else f"failed: {failed}")

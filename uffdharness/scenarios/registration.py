@@ -118,7 +118,7 @@ def _register(uffd: Userfaultfd, region: Region, modes: RegisterMode) -> tuple[s
     "hugetlbfs: no ZEROPAGE, no MOVE) as of the kernel's version, WRITEPROTECT only with "
     "WP and CONTINUE only with MINOR (POISON 6.6, MOVE 6.8); mode 0 and a mode the memory "
     "or the kernel lacks (MINOR on anonymous memory) are EINVAL",
-    memory=ALL_KINDS + THP_KINDS + ("hugetlb-1g",),
+    memory=ALL_KINDS + THP_KINDS + ("hugetlb-1g", "hugetlb-1g-private"),
     modes=RegisterMode.MISSING,
     probes=RegisterMode.WP | RegisterMode.MINOR,
     hugepages=1,

@@ -236,7 +236,7 @@ def _mremap_case(ctx: Context, features: Feature, folio: int = 0) -> Checks:
     "registration, so the moved PTEs must lose their uffd-wp bit and a write must neither "
     "fault nor SIGBUS (fixed by 'mm: clear uffd-wp PTE/PMD state on mremap()', 6.13, "
     "CVE-2025-21696)",
-    memory=ALL_KINDS + THP_KINDS + ("anon-mthp", "hugetlb-1g"),
+    memory=ALL_KINDS + THP_KINDS + ("anon-mthp", "shmem-mthp", "hugetlb-1g", "hugetlb-1g-private"),
     modes=RegisterMode.WP,
     uses=("mremap",),
     known_bug=WP_MREMAP_FIX.showing(wp_pages_after_move=NonEmpty()),

@@ -16,7 +16,7 @@ from .. import syscalls as sc
 from ..abi import Feature, RegisterMode, flag_names
 from ..events import PagefaultEvent, RemapEvent
 from ..maps import read_smaps_range, uffd_vm_flags
-from ..memory import Region
+from ..memory import PAGE_SIZE, Region
 from ..pagemap import region_view, wp_pages
 from ..uffd import Userfaultfd
 from .checks import Checks
@@ -90,7 +90,8 @@ def _write_and_serve(uffd: Userfaultfd, region: Region, registered: bool) -> dic
 
 def _mremap_variant(ctx: Context, event_remap: bool) -> dict[str, Any]:
     region = ctx.region(PAGES)
-    parking = ctx.region(PAGES + 2, kind="anon")  # address space to move into
+    # Address space to move into, in the kind's page size (2 MiB on the THP kinds).
+    parking = ctx.region((PAGES + 2) * ctx.page_size // PAGE_SIZE, kind="anon", align=ctx.page_size)
     features = ctx.mode_features(RegisterMode.WP)
     uffd = ctx.uffd(features | Feature.EVENT_REMAP if event_remap else features)
     facts = _protect_and_swap_out(region, uffd)
@@ -185,7 +186,7 @@ def _judge_fork(ctx: Context, name: str, facts: dict[str, Any]) -> Checks:
     "faults) and clears it without ('mm: clear uffd-wp PTE/PMD state on mremap()', 6.13); "
     "fork() gives the child the bit only with EVENT_FORK ('mm/userfaultfd: fix uffd-wp "
     "special cases for fork()', 5.13)",
-    memory=("anon", "shmem", "memfd", "memfd-private"),
+    memory=("anon", "shmem", "memfd", "memfd-private", "anon-thp", "shmem-thp"),
     modes=RegisterMode.WP,
     features=Feature.EVENT_REMAP | Feature.EVENT_FORK,
     uses=("mremap",),

@@ -71,6 +71,17 @@ def _choose(spec: SourceSpec, records: list[debindex.PackageRecord]) -> debindex
     return max(matching, key=lambda r: Version(r.version))
 
 
+def cached(spec: SourceSpec, cache: Path) -> SourceTree | None:
+    """The newest complete cached tree ``spec`` names (that version, or of its series),
+    without asking apt; None when nothing is cached."""
+    found = [
+        item
+        for item in _cached(cache, spec.package)
+        if not spec.value or item[1]["version"] == spec.value
+    ]
+    return _tree(*found[-1]) if found else None
+
+
 def fetch(spec: SourceSpec, cache: Path, max_list_age_s: float, log: Log) -> SourceTree:
     """The unpacked tree of the package ``spec`` names, downloading it if needed."""
     cached = _cached(cache, spec.package)
