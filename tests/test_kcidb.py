@@ -370,3 +370,5 @@ def test_bench_figures_are_done_tests_with_their_number(tmp_path):
     assert all(test["status"] == "SKIP" for test in tests.values())
     done = run_cli("bench", "--kernel", "debian:7.3", "--kcidb", str(out))
     assert done.returncode == 2 and "--kcidb: only on the running kernel" in done.stderr
+    done = run_cli("bench", "--kcidb", str(out), "demand-paging")
+    assert done.returncode == 2 and "not demand-paging's" in done.stderr
