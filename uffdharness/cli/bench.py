@@ -9,7 +9,8 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from uffdharness.cli import bench_demand
-from uffdharness.cli.arguments import MAX_GUEST_TIMEOUT_S, count, seconds
+from uffdharness.cli.arguments import MAX_GUEST_TIMEOUT_S, check_outputs, count, seconds
+from uffdharness.cli.ciargs import add_kcidb_arguments
 
 if TYPE_CHECKING:
     from uffdharness.benchmark import BenchConfig
@@ -57,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=3600.0,
         help="seconds before the guest counts as hung (3600)",
     )
+    add_kcidb_arguments(parser)
     parser.set_defaults(handler=run, usage_error=parser.error)
     # Optional: plain `uffdharness bench [opts]` is the faults benchmark above; a named one
     # brings its own options (its parser's defaults replace handler and usage_error).
@@ -96,7 +98,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from uffdharness import benchmark
 
     out = out if out is not None else sys.stdout
+    check_outputs(args.usage_error, kcidb=args.kcidb)
     if args.kernel:
+        if args.kcidb:
+            args.usage_error("--kcidb: only on the running kernel, not with --kernel")
         return _run_in_guest(args, out)
     config = config_from_args(args)
 
@@ -110,6 +115,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write("\n")
     else:
         out.write(benchmark.render(report))
+    if args.kcidb:
+        from uffdharness import kcidb, system
+
+        kcidb.write(args.kcidb, kcidb.bench_report(system.facts(), report.to_json(), args.origin))
     return 1 if report.missed else 0
 
 

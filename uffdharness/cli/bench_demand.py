@@ -119,6 +119,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     if getattr(args, "kernel", None):  # `bench --kernel SPEC demand-paging`
         args.usage_error("--kernel: demand-paging runs on the host kernel only")
+    if getattr(args, "kcidb", None):  # `bench --kcidb FILE demand-paging`
+        args.usage_error("--kcidb: the faults benchmark's figures only, not demand-paging's")
     check_outputs(args.usage_error, json=args.json)
     memory = args.memory or demandpaging.MODES[args.mode].default_memory
     problem = demandpaging.usage_problem(args.mode, memory, args.engine)

@@ -20,13 +20,17 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from uffdharness.interrupts import signal_name
 
 from .arguments import add_guest_timeouts, check_outputs, count, exit_status_help
+from .ciargs import add_ci_arguments, add_kcidb_arguments
 from .run import add_selection_arguments
+
+if TYPE_CHECKING:
+    from uffdharness.matrix.runner import KernelRun
 
 MAX_JOBS = 64
 
@@ -125,6 +129,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Action
             help="print one KTAP document (a top-level test per kernel) instead of the table",
         ),
         parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr"),
+        *add_ci_arguments(parser, "once the kernels have run, the kernel first in its id"),
     )
 
 
@@ -144,6 +149,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write JUnit XML to FILE, one testsuite per kernel",
     )
+    add_kcidb_arguments(parser, prefix="merged_")
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -180,7 +186,7 @@ def stop_on_signals() -> Iterator[None]:
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     if not args.kernels:
         args.usage_error("the following arguments are required: --kernel")
-    check_outputs(args.usage_error, json=args.json, junit=args.junit)
+    check_outputs(args.usage_error, json=args.json, junit=args.junit, kcidb=args.kcidb)
 
     from uffdharness.matrix import hosttools, report
     from uffdharness.matrix.children import CHILDREN
@@ -250,6 +256,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         settings["interrupted"] = signal_name(signum)
     status = exit_status(runs)
     try:
+        if args.lava:
+            from uffdharness.lava import print_matrix
+
+            print_matrix(runs, out)
         if args.ktap:
             out.write(report.ktap(runs))
         else:
@@ -260,6 +270,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     for option, path, write in (
         ("--json", args.json, lambda path: report.write_json(path, runs, wall, settings)),
         ("--junit", args.junit, lambda path: report.write_junit(path, runs)),
+        ("--kcidb", args.kcidb, lambda path: _write_kcidb(path, runs, args.origin)),
     ):
         if path:
             try:
@@ -313,4 +324,12 @@ def run_merge(args: argparse.Namespace, out: TextIO | None = None) -> int:
         report.write_json(args.merged_json, runs, None, settings)
     if args.merged_junit:
         report.write_junit(args.merged_junit, runs)
+    if args.merged_kcidb:
+        _write_kcidb(args.merged_kcidb, runs, args.merged_origin)
     return exit_status(runs)
+
+
+def _write_kcidb(path: str, runs: Sequence[KernelRun], origin: str) -> None:
+    from uffdharness import kcidb
+
+    kcidb.write(path, kcidb.matrix_report(runs, origin))

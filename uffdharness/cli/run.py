@@ -14,6 +14,7 @@ from uffdharness.cli.arguments import (
     exit_status_help,
     seconds,
 )
+from uffdharness.cli.ciargs import add_ci_arguments
 from uffdharness.defaults import DEFAULT_TIMEOUT
 from uffdharness.memory import CATALOGUE_KINDS
 
@@ -59,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE")
     parser.add_argument("--ktap", action="store_true", help="print KTAP instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_ci_arguments(parser, "as it finishes")
     parser.add_argument(
         "--carries-fix",
         dest="carried_fixes",
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if args.list:
         return _list(out)
-    check_outputs(args.usage_error, json=args.json, junit=args.junit)
+    check_outputs(args.usage_error, json=args.json, junit=args.junit, kcidb=args.kcidb)
     pairs = runner.select(CATALOGUE.values(), args.pattern, args.memory)
     if not pairs:
         memory = f" on memory {', '.join(args.memory)}" if args.memory else ""
@@ -126,6 +128,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.carried_fixes:
         info = dataclasses.replace(info, carried_fixes=frozenset(args.carried_fixes))
     progress = None if args.quiet else _progress_printer(sys.stderr)
+    if args.lava:
+        from uffdharness.lava import SignalPrinter
+
+        progress = SignalPrinter(out, then=progress)
     started = time.monotonic()
     interrupted: runner.RunInterrupted | None = None
     try:
@@ -146,6 +152,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
     if args.junit:
         reports.write_junit(args.junit, [(f"kernel-{info.kernel}", results)])
+    if args.kcidb:
+        from uffdharness import kcidb
+
+        kcidb.write(args.kcidb, kcidb.run_report(info, results, args.origin))
     if interrupted:
         sys.stderr.write(f"uffdharness run: {interrupted.summary()}\n")
         return interrupted.exit_code

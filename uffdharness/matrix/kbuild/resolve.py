@@ -33,6 +33,7 @@ def describe(spec: SourceSpec, source: SourceTree, meta: dict) -> dict:
         "source": source.label,
         "identity": source.identity.text,
         "patches": [str(p.path) for p in spec.patches],
+        "patch_sha256": [p.digest for p in spec.patches],  # KCIDB's patchset hash needs them
         "config": [str(f.path) for f in spec.fragments],
         "carries_fixes": list(spec.carries_fixes),
         "files_compiled": meta.get("files_compiled"),
