@@ -40,6 +40,7 @@ struct stress_threads {
     int aborted;  /* copiers stop too */
     int src_released;
     uint64_t churn_lost;
+    uint32_t churn_lost_mask;
 };
 
 uint64_t uh_monotonic_ns(void)
@@ -267,6 +268,7 @@ static void *churn_main(void *arg)
                 lost[i] = 1;
                 alive--;
                 __atomic_add_fetch(&w->all->churn_lost, 1, __ATOMIC_RELAXED);
+                __atomic_or_fetch(&w->all->churn_lost_mask, 1U << i, __ATOMIC_RELAXED);
             }
         }
     }
@@ -403,6 +405,7 @@ int uh_stress_wait(struct uh_stress_bounce *b, uint64_t deadline_ns)
         sum_into(b, &t->lockers[i]);
     sum_into(b, &t->churner);
     b->churn_lost = t->churn_lost;
+    b->churn_lost_mask = t->churn_lost_mask;
     free(t);
     b->threads = NULL;
     return 0;

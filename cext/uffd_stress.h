@@ -35,6 +35,8 @@ struct uh_stress_bounce {
     /* out (valid once uh_stress_wait returned 0) */
     uint64_t increments, copies, copy_eexist, copy_eagain, wakes, wp_ranges;
     uint64_t churn_ops, churn_errors, churn_lost;
+    uint32_t churn_lost_mask; /* bit i: churn slot i (or its parking) was given up: a hole
+                                 there may hold another mapping of this process now */
     uint64_t corruptions;      /* a locker found a counter other than count_verify */
     int64_t corrupt_page;      /* the first such page, or -1 */
     uint64_t corrupt_found, corrupt_expected;

@@ -241,3 +241,25 @@ def test_close_after_mremap_never_unmaps_what_took_the_vacated_range():
         region.close()
         assert [v.start for v in maps.read_maps_range(foreign, foreign + PAGE_SIZE)] == [foreign]
         sc.munmap(foreign, PAGE_SIZE)
+
+
+def test_reservation_close_keeps_out_a_hole_another_mapping_took():
+    """A test that punched a hole in its reservation closes it around the hole: whatever
+    landed there (here a stand-in for the Python heap) stays mapped."""
+    from uffdharness.memory import Reservation
+
+    page = PAGE_SIZE
+    reservation = Reservation(8 * page)
+    hole = reservation.start + 2 * page
+    sc.munmap(hole, 2 * page)
+    flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED_NOREPLACE
+    foreign = sc.mmap(hole, 2 * page, sc.PROT_RW, flags)
+    try:
+        reservation.close(keep_out=[(hole, 2 * page)])
+        base, length = reservation.span
+        with open("/proc/self/maps") as lines:
+            spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in lines]
+        inside = [(start, end) for start, end in spans if start < base + length and end > base]
+        assert inside == [(foreign, foreign + 2 * page)]
+    finally:
+        sc.munmap(foreign, 2 * page)

@@ -22,7 +22,7 @@ from uffdharness.scenarios.wp_cleared import WP_MREMAP_FIX
 PIN_KINDS = {"anon", "shmem", "memfd", "memfd-private", "hugetlb", "hugetlb-private"}
 EXPECTED_KINDS = {
     "wp-fork-pin": PIN_KINDS,
-    "wp-swap": {"anon", "shmem", "memfd", "memfd-private", "anon-thp", "shmem-thp"},
+    "wp-swap": {"anon", "shmem", "memfd", "memfd-private", "anon-thp"},
     "user-mode-only-efault": PIN_KINDS,
     "close-wakes-faults": PIN_KINDS,
     "remove-during-fault": PIN_KINDS,

@@ -147,7 +147,9 @@ class Arena:
         self.churn_len = max(CHURN_PAGES * PAGE_SIZE, align)
         step = self.churn_len + area_length
         length = CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + CHURN_SLOTS) * self.churn_len
-        self._reservation = stack.enter_context(Reservation(length, align=align))
+        self._reservation = Reservation(length, align=align)
+        self.lost: set[int] = set()  # churn slots given up: holes another mapping may fill
+        stack.callback(self.close)
         base = self._reservation.start
         self.churn = [base + i * step for i in range(CHURN_SLOTS)]
         self.parking = [
@@ -161,6 +163,11 @@ class Arena:
             stack.enter_context(self._map_area(base + self.churn_len + i * step, area_length, i))
             for i in range(2)
         ]
+
+    def close(self) -> None:
+        keep_out = [(self.churn[i], self.churn_len) for i in self.lost]
+        keep_out += [(self.parking[i], self.churn_len) for i in self.lost]
+        self._reservation.close(keep_out)
 
     def _map_area(self, addr: int, length: int, index: int) -> Region:
         spec = self.kind.spec
@@ -321,6 +328,8 @@ def _bounce(
     policy = Copy(src) | Unprotect() if config.wp else Copy(src)
     handlers = []
     b = ffi.new("struct uh_stress_bounce *")
+    # a churn slot given up in an earlier bounce is never touched again
+    alive = [i for i in range(len(arena.churn)) if i not in arena.lost] if config.churn else []
     began = time.monotonic()
     try:
         for _ in range(config.threads):
@@ -347,12 +356,11 @@ def _bounce(
         b.release_advice = spec.drop_advice
         b.release_fd = _private_file(src)
         b.seed = config.seed * 1000 + index
-        if config.churn:
-            b.nchurn = len(arena.churn)
-            b.churn_len = arena.churn_len
-            for i, (slot, parking) in enumerate(zip(arena.churn, arena.parking, strict=True)):
-                b.churn[i] = ffi.cast("char *", slot)
-                b.parking[i] = ffi.cast("char *", parking)
+        b.nchurn = len(alive)
+        b.churn_len = arena.churn_len
+        for j, i in enumerate(alive):
+            b.churn[j] = ffi.cast("char *", arena.churn[i])
+            b.parking[j] = ffi.cast("char *", arena.parking[i])
         rc = lib.uh_stress_start(b)
         if rc < 0:
             raise OSError(-rc, f"stress threads: {os.strerror(-rc)}")
@@ -372,6 +380,7 @@ def _bounce(
             uffd.unregister(dst)  # wakes whatever still waits in a fault on dst
             _reap(b, index)
     seconds = time.monotonic() - began
+    arena.lost.update(i for j, i in enumerate(alive) if b.churn_lost_mask >> j & 1)
     _judge(b, index, dst, counts, result)
     return Bounce(
         index,

@@ -69,6 +69,7 @@ class Arena:
         self.flags = self.spec.mmap_flags
         if spec.is_hugetlb:
             self.flags |= sc.MAP_ANONYMOUS | sc.MAP_HUGETLB
+        self.lost: set[int] = set()  # churn regions whose slot or parking a hole exposed
 
     def slot(self, index: int) -> int:
         """Slots 0..slots-1 alternate op, churn, op, churn...; one guard slot, then the
@@ -89,7 +90,9 @@ class Arena:
         sc.mmap(addr, length, sc.PROT_NONE, flags)
 
     def close(self) -> None:
-        self._reservation.close()
+        keep_out = [(self.slot(2 * i + 1), self.slot_length) for i in self.lost]
+        keep_out += [(self.parking(i), self.slot_length) for i in self.lost]
+        self._reservation.close(keep_out)
 
 
 def _tag(region: int, page: int, op: str, thread: int, serial: int) -> bytes:
@@ -234,6 +237,7 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
             sc.mremap(churn.addr, half, length, 0)  # grow in place, never move
         except UffdError as exc:
             churn.lost = f"regrow: {exc.errno_name}"
+            arena.lost.add(churn.index)
             raise
     elif action == "mremap_move":
         parking = arena.parking(churn.index)
@@ -242,12 +246,14 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
             arena.placeholder(churn.addr, length)
         except UffdError as exc:
             churn.lost = f"slot taken while moved away: {exc.errno_name}"
+            arena.lost.add(churn.index)
             raise
         sc.mremap(parking, length, length, sc.MREMAP_MAYMOVE | sc.MREMAP_FIXED, churn.addr)
         try:
             arena.placeholder(parking, length)
         except UffdError as exc:
             churn.lost = f"parking taken: {exc.errno_name}"
+            arena.lost.add(churn.index)
             raise
     elif action == "munmap":
         middle = churn.addr + length // 4
@@ -256,6 +262,7 @@ def _mutate(arena: Arena, uffd: Userfaultfd, churn: ChurnRegion, action: str) ->
             arena.map(middle, half, replace=False)
         except UffdError as exc:
             churn.lost = f"hole taken after munmap: {exc.errno_name}"
+            arena.lost.add(churn.index)
             raise
         # One fresh VMA over the whole slot again: separate shmem mappings never merge,
         # and ZEROPAGE or a grow-in-place mremap cannot span several VMAs.
