@@ -476,7 +476,10 @@ def run_uffd_stress(
     return StressRun(output, output.nr_pages * bounces, ended - started, loop_s, cpu_s)
 
 
-def _harness_argv(memory: str, mib: int, bounces: int, engine: str, json_path: str) -> list:
+def _harness_argv(
+    memory: str, mib: int, bounces: int, engine: str, json_path: str, churn: bool = False
+) -> list:
+    # uffd-stress churns no VMAs: without --churn the harness runs the same design
     return [
         sys.executable,
         "-m",
@@ -492,6 +495,7 @@ def _harness_argv(memory: str, mib: int, bounces: int, engine: str, json_path: s
         engine,
         "--json",
         json_path,
+        *([] if churn else ["--no-churn"]),
     ]
 
 
@@ -526,10 +530,12 @@ class HarnessTimed:
         return pages_per_s(self.run.pages, self.wall_s)
 
 
-def run_harness(memory: str, mib: int, bounces: int, engine: str, timeout: float) -> HarnessTimed:
+def run_harness(
+    memory: str, mib: int, bounces: int, engine: str, timeout: float, churn: bool = False
+) -> HarnessTimed:
     with tempfile.TemporaryDirectory(prefix="bench-stress-") as scratch:
         json_path = os.path.join(scratch, "stress.json")
-        argv = _harness_argv(memory, mib, bounces, engine, json_path)
+        argv = _harness_argv(memory, mib, bounces, engine, json_path, churn)
         cpu_before = children_cpu_s()
         started = time.monotonic()
         with _child(
@@ -645,6 +651,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="kernel source spec")
     parser.add_argument("--engine", default="native", help="uffdharness engine (default native)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    parser.add_argument(
+        "--churn",
+        action="store_true",
+        help="run the harness with its VMA churn thread (uffd-stress has none: by default "
+        "the harness runs --no-churn, the same design)",
+    )
     args = parser.parse_args(argv)
     args.memory = list(dict.fromkeys(args.memory or ["anon"]))
     for name in ("mib", "bounces", "reps"):
@@ -692,7 +704,12 @@ def compare(args: argparse.Namespace, binary: Path, harness: bool, log: Log) -> 
                     where = f"rep {rep + 1}/{args.reps}: {side} {result.memory}"
                     if side == "uffdharness":
                         timed = run_harness(
-                            result.memory, args.mib, args.bounces, args.engine, args.timeout
+                            result.memory,
+                            args.mib,
+                            args.bounces,
+                            args.engine,
+                            args.timeout,
+                            args.churn,
                         )
                         result.harness.append(timed)
                         log(
@@ -739,6 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{args.mib} MiB x {args.bounces} bounces, {args.reps} reps interleaved, "
                 f"medians; engine {args.engine}"
+                + (", with the harness's VMA churn" if args.churn else ", harness --no-churn")
             )
             results = compare(args, binary, harness, log)
     except interrupts.Interrupted as stop:

@@ -299,7 +299,7 @@ def test_both_sides_run_interleaved_and_the_target_is_judged(
     fake_harness.write_text(FAKE_HARNESS)
     order = []
 
-    def harness_argv(memory, mib, bounces, engine, json_path):
+    def harness_argv(memory, mib, bounces, engine, json_path, churn=False):
         order.append("uffdharness")
         options = ["--memory", memory, "--mib", str(mib), "--bounces", str(bounces)]
         options += ["--engine", engine, "--json", json_path]
@@ -340,3 +340,9 @@ def test_a_long_run_names_the_mode_bits_instead_of_every_bounce():
 def test_a_bad_source_spec_is_exit_2_before_any_download(capsys):
     assert bench.main(["--source", "debian-src:seven"]) == 2
     assert "expected debian-src:X.Y" in capsys.readouterr().err
+
+
+def test_the_harness_runs_uffd_stress_s_design_without_churn_unless_asked():
+    argv = bench._harness_argv("anon", 32, 8, "native", "/tmp/x.json")
+    assert "--no-churn" in argv
+    assert "--no-churn" not in bench._harness_argv("anon", 32, 8, "native", "/tmp/x.json", True)

@@ -29,16 +29,17 @@ def small(kind: str = "anon", **overrides) -> stress.StressConfig:
 
 @pytest.mark.parametrize("kind", SMALL_KINDS)
 def test_every_counter_survives_every_bounce(kind):
-    result = stress.run(small(kind))
+    result = stress.run(small(kind, bounces=8))
     assert result.verdict == "pass", result.problems
-    assert len(result.bounces) == 4
+    assert len(result.bounces) == 8
     pages = result.pages
     for bounce in result.bounces:
         # every page went over once: by a handler (a fault) or by a copier
         assert bounce.copies + bounce.copy_eexist >= pages
         assert bounce.increments >= 2  # each locker at least once
-    assert [b.wait for b in result.bounces] == ["read", "poll", "read", "poll"]
-    assert [b.lockers for b in result.bounces] == ["random", "random", "sequential", "sequential"]
+    assert [b.wait for b in result.bounces] == ["read"] * 4 + ["poll"] * 4
+    assert [b.lockers for b in result.bounces] == ["random", "sequential"] * 4
+    assert [b.start for b in result.bounces] == ["racing", "racing", "sliced", "sliced"] * 2
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="hugetlb needs root to reserve hugepages")

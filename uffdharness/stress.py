@@ -187,6 +187,68 @@ class Arena:
         return Region(addr, length, self.kind, page_size=self.unit, fd=fd, owns_fd=fd >= 0)
 
 
+# ---- the handlers ------------------------------------------------------------------------
+
+
+class Handlers:
+    """``threads`` FaultHandlers on the uffd, each serving both areas (a fault in one is
+    resolved from the other at the same offset: only the bounce's dst is registered), kept
+    across bounces and restarted only when the wait mode changes. The process engine's
+    helper copies from its fork-time view of a private source, so its set is started
+    afresh every bounce."""
+
+    def __init__(self, config: StressConfig, arena: Arena, uffd: Userfaultfd) -> None:
+        self.config = config
+        self.arena = arena
+        self.uffd = uffd
+        self.wait = ""
+        self.running: list[FaultHandler] = []
+        self.faults = self.wp_faults = 0  # of the handlers stopped so far
+
+    def use(self, wait: str) -> None:
+        if wait == self.wait and self.running and self.config.engine != "process":
+            return
+        self.stop()
+        first, second = self.arena.areas
+        for _ in range(self.config.threads):
+            handler = FaultHandler(
+                self.uffd,
+                engine=self.config.engine,
+                blocking_read=wait == "read",
+                release_on_stop=False,  # the bounce unprotects and unregisters dst itself
+            )
+            self.running.append(handler)  # before start(): a signal may land right after it
+            for area, source in ((first, second), (second, first)):
+                policy = Copy(source) | Unprotect() if self.config.wp else Copy(source)
+                handler.serve((area.addr, area.length, self.arena.unit), policy)
+            handler.start()
+        self.wait = wait
+
+    def counts(self) -> tuple[int, int]:
+        """(missing, wp) faults resolved so far."""
+        missing, wp = self.faults, self.wp_faults
+        for handler in self.running:
+            stats = handler.stats
+            missing += stats.faults.missing
+            wp += stats.faults.wp
+        return missing, wp
+
+    def stop(self) -> list[str]:
+        """Stop the running set; what their engines failed with."""
+        failures = []
+        for handler in self.running:
+            try:
+                stats = handler.stop()
+            except Exception as exc:  # the engine's own failure: report it, keep tearing down
+                failures.append(f"handler failed: {exc}")
+                stats = handler.stats
+            self.faults += stats.faults.missing
+            self.wp_faults += stats.faults.wp
+        self.running = []
+        self.wait = ""
+        return failures
+
+
 # ---- one run -----------------------------------------------------------------------------
 
 
@@ -205,11 +267,14 @@ def _features(kind: MemoryKind, wp: bool) -> tuple[RegisterMode, Feature]:
 
 
 def bounce_modes(index: int, engine: str) -> tuple[str, str, str]:
-    """(lockers, start, wait) of bounce ``index``: the handlers alternate read() and
-    poll() every bounce, random/sequential every two, racing/sliced every four."""
-    wait = "read" if index % 2 == 0 and engine == "native" else "poll"
-    lockers = "random" if (index // 2) % 2 == 0 else "sequential"
-    start = "racing" if (index // 4) % 2 == 0 else "sliced"
+    """(lockers, start, wait) of bounce ``index``, by its bits as uffd-stress picks them
+    from the bounces left: bit 0 random/sequential pages, bit 1 racing on the same pages or
+    each locker on its own slice, bit 2 the native handlers in a blocking read() or in
+    poll() (uffd-stress's bit 3; so 8 bounces see both; other engines always poll). The
+    handlers are restarted only when the wait changes."""
+    lockers = "random" if index & 1 == 0 else "sequential"
+    start = "racing" if index & 2 == 0 else "sliced"
+    wait = "read" if index & 4 == 0 and engine == "native" else "poll"
     return lockers, start, wait
 
 
@@ -277,6 +342,8 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
             uffd = stack.enter_context(Userfaultfd.open(features, user_mode_only=only))
         except UffdError as exc:
             raise StressError(str(exc)) from exc
+        handlers = Handlers(config, arena, uffd)
+        stack.callback(handlers.stop)
         counts = ffi.new("uint64_t[]", result.pages)
         src, dst = arena.areas
         lib.uh_stress_init(ffi.cast("char *", src.addr), result.pages, unit, counts)
@@ -291,7 +358,7 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
                 and time.monotonic() - started >= config.seconds
             ):
                 break
-            bounce = _bounce(config, index, arena, uffd, modes, src, dst, counts, result)
+            bounce = _bounce(config, index, arena, uffd, handlers, modes, src, dst, counts, result)
             result.bounces.append(bounce)
             elapsed = time.monotonic() - started
             total = f" of {config.bounces}" if config.bounces is not None else ""
@@ -304,6 +371,7 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
                 break
             src, dst = dst, src
             index += 1
+        result.problems += handlers.stop()
         result.seconds = time.monotonic() - started
     result.verdict = "fail" if result.problems else "pass"
     return result
@@ -314,6 +382,7 @@ def _bounce(
     index: int,
     arena: Arena,
     uffd: Userfaultfd,
+    handlers: Handlers,
     modes: RegisterMode,
     src: Region,
     dst: Region,
@@ -322,27 +391,16 @@ def _bounce(
 ) -> Bounce:
     lockers, start, wait = bounce_modes(index, config.engine)
     spec = arena.kind.spec
+    handlers.use(wait)
     uffd.register(dst, mode=modes)
     # dst still holds the bounce before last: give its pages back so every one faults.
     _drop(dst)
-    policy = Copy(src) | Unprotect() if config.wp else Copy(src)
-    handlers = []
     b = ffi.new("struct uh_stress_bounce *")
     # a churn slot given up in an earlier bounce is never touched again
     alive = [i for i in range(len(arena.churn)) if i not in arena.lost] if config.churn else []
+    missing_before, wp_before = handlers.counts()
     began = time.monotonic()
     try:
-        for _ in range(config.threads):
-            handler = FaultHandler(
-                uffd,
-                policy,
-                (dst.addr, dst.length, arena.unit),
-                engine=config.engine,
-                blocking_read=wait == "read",
-                release_on_stop=False,  # dst is unprotected and unregistered below
-            )
-            handlers.append(handler)  # before start(): a signal may land right after it
-            handler.start()
         b.uffd = uffd.fileno()
         b.src = ffi.cast("char *", src.addr)
         b.dst = ffi.cast("char *", dst.addr)
@@ -367,12 +425,6 @@ def _bounce(
         _wait(b, began + config.deadline, index, result)
     finally:
         lib.uh_stress_abort(b)
-        stats = []
-        for handler in handlers:
-            try:
-                stats.append(handler.stop())
-            except Exception as exc:  # the engine's own failure: report it, keep tearing down
-                result.problems.append(f"bounce {index}: handler failed: {exc}")
         try:
             if config.wp:
                 uffd.writeprotect(dst, mode=WriteProtectMode(0))
@@ -380,6 +432,7 @@ def _bounce(
             uffd.unregister(dst)  # wakes whatever still waits in a fault on dst
             _reap(b, index)
     seconds = time.monotonic() - began
+    missing_after, wp_after = handlers.counts()
     arena.lost.update(i for j, i in enumerate(alive) if b.churn_lost_mask >> j & 1)
     _judge(b, index, dst, counts, result)
     return Bounce(
@@ -389,8 +442,8 @@ def _bounce(
         wait,
         seconds,
         b.increments,
-        sum(s.faults.missing for s in stats),
-        sum(s.faults.wp for s in stats),
+        missing_after - missing_before,
+        wp_after - wp_before,
         b.copies,
         b.copy_eexist,
         b.copy_eagain,

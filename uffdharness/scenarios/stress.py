@@ -16,7 +16,7 @@ STRESS_SECONDS = 0.2  # of bouncing, at most; and at most STRESS_SHARE of the ti
 STRESS_SHARE = 0.1
 MIB = 2  # per area
 THREADS = 2  # lockers, copiers and handlers each
-MIN_BOUNCES = 2  # both handler wait modes, whatever the time
+MIN_BOUNCES = 5  # bounce 4 is the first whose handlers poll(): both wait modes
 
 
 @scenario(
@@ -24,7 +24,7 @@ MIN_BOUNCES = 2  # both handler wait modes, whatever the time
     title="uffd-stress: faults, background UFFDIO_COPY and VMA churn on two bouncing areas",
     checks=f"for {STRESS_SECONDS:g} s (at least {MIN_BOUNCES} bounces; at most a tenth of the "
     "timeout), C lockers increment per-page counters in the registered area while native "
-    "handlers (alternating blocking read() and poll()) and background threads UFFDIO_COPY "
+    "handlers (a blocking read() in bounces 0-3, poll() from 4) and background threads UFFDIO_COPY "
     "every page from the other area (EEXIST then WAKE) and the neighbouring VMAs are split, "
     "moved and unmapped; with uffd-wp where the kind has it (COPY_MODE_WP, WP faults "
     "resolved); after each bounce every counter holds what the lockers counted, no errno "
