@@ -82,6 +82,8 @@ struct uh_policy {
     uint64_t pattern_len;
     uint64_t seed;
     uint64_t copy_mode; /* COPY, FILL, INDEXED: UFFDIO_COPY mode (UFFDIO_COPY_MODE_WP) */
+    uint32_t gone_ok;   /* ENOENT (the range was unregistered while its fault was in
+                           flight) ends the resolve quietly, counted, instead of failing */
 };
 
 struct uh_fault_info {

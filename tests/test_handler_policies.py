@@ -36,6 +36,7 @@ from uffdharness.handler import (
     FileSource,
     Fill,
     FillIndexed,
+    GoneOk,
     Move,
     Policy,
     Readahead,
@@ -146,6 +147,8 @@ def test_protect_survives_combining():
     assert (Copy(b"x" * PAGE_SIZE, protect=True) | Unprotect()).protect
     assert not (Copy(b"x" * PAGE_SIZE) | Unprotect()).protect
     assert "protect" in repr(FillIndexed(1, protect=True))
+    tolerant = GoneOk(Copy(b"x" * PAGE_SIZE) | Unprotect())
+    assert tolerant.gone_ok and "gone_ok" in repr(tolerant) and tolerant.wp is not None
 
 
 @pytest.mark.parametrize("source_kind", ["bytes", "bytearray", "file", "short"])

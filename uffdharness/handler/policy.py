@@ -186,6 +186,7 @@ class Builtin(Policy):
         readahead: int = 1,
         delay_us: int = 0,
         protect: bool = False,
+        gone_ok: bool = False,
     ) -> None:
         if readahead < 1:
             raise ValueError(f"readahead must be at least one page, got {readahead}")
@@ -200,6 +201,7 @@ class Builtin(Policy):
         # COPY/FILL/INDEXED resolve with UFFDIO_COPY_MODE_WP: the page arrives
         # write-protected (registered MISSING|WP), its first write a WP fault.
         self.protect = protect
+        self.gone_ok = gone_ok
 
     @property
     def is_native(self) -> bool:
@@ -211,7 +213,12 @@ class Builtin(Policy):
 
     def _fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {kind: getattr(self, kind) for kind in _KINDS}
-        fields.update(readahead=self.readahead, delay_us=self.delay_us, protect=self.protect)
+        fields.update(
+            readahead=self.readahead,
+            delay_us=self.delay_us,
+            protect=self.protect,
+            gone_ok=self.gone_ok,
+        )
         return fields
 
     def __or__(self, other: Builtin) -> Builtin:
@@ -227,6 +234,7 @@ class Builtin(Policy):
         merged["readahead"] = max(self.readahead, other.readahead)
         merged["delay_us"] = max(self.delay_us, other.delay_us)
         merged["protect"] = self.protect or other.protect
+        merged["gone_ok"] = self.gone_ok or other.gone_ok
         return Builtin(**merged)
 
     def actions(self) -> dict[str, Action]:
@@ -240,6 +248,8 @@ class Builtin(Policy):
             parts.append(f"delay_us={self.delay_us}")
         if self.protect:
             parts.append("protect")
+        if self.gone_ok:
+            parts.append("gone_ok")
         return f"Builtin({', '.join(parts)})"
 
     def compile(self, resources: Resources) -> Any:
@@ -248,6 +258,7 @@ class Builtin(Policy):
         config.readahead = self.readahead
         config.delay_us = self.delay_us
         config.copy_mode = int(CopyMode.WP) if self.protect else 0
+        config.gone_ok = int(self.gone_ok)
         for kind, action in self.actions().items():
             setattr(config, kind, action.code)
             if action.source is not None:
@@ -365,6 +376,17 @@ class Delay(Builtin):
     def __init__(self, policy: Builtin, us: int) -> None:
         base = _builtin(policy)
         super().__init__(**{**base._fields(), "delay_us": us})
+
+
+class GoneOk(Builtin):
+    """``policy``, but a fault whose range was unregistered while it was in flight (the
+    resolving ioctl fails ENOENT: nobody waits there any more) is dropped, counted in
+    ``errors``, instead of failing the handler: for a monitor that unregisters ranges
+    while it serves others, as uffd-stress does between bounces."""
+
+    def __init__(self, policy: Builtin) -> None:
+        base = _builtin(policy)
+        super().__init__(**{**base._fields(), "gone_ok": True})
 
 
 def _builtin(policy: Policy) -> Builtin:
