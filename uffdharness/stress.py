@@ -202,13 +202,13 @@ class Handlers:
         self.config = config
         self.arena = arena
         self.uffd = uffd
-        self.wait = ""
         self.running: list[FaultHandler] = []
         self.faults = self.wp_faults = 0  # of the handlers stopped so far
 
-    def use(self, wait: str) -> None:
-        """Stop the running set, start one whose native handlers wait as ``wait`` says."""
-        self.stop()
+    def use(self, wait: str) -> list[str]:
+        """Stop the running set (returning what it failed with), start one whose native
+        handlers wait as ``wait`` says."""
+        failures = self.stop()
         first, second = self.arena.areas
         for _ in range(self.config.threads):
             handler = FaultHandler(
@@ -224,7 +224,7 @@ class Handlers:
                 # waiter already woken by a copier's COPY or the final unprotect): ENOENT.
                 handler.serve((area.addr, area.length, self.arena.unit), GoneOk(policy))
             handler.start()
-        self.wait = wait
+        return failures
 
     def counts(self) -> tuple[int, int]:
         """(missing, wp) faults resolved so far."""
@@ -247,7 +247,6 @@ class Handlers:
             self.faults += stats.faults.missing
             self.wp_faults += stats.faults.wp
         self.running = []
-        self.wait = ""
         return failures
 
 
@@ -393,7 +392,8 @@ def _bounce(
 ) -> Bounce:
     lockers, start, wait = bounce_modes(index, config.engine)
     spec = arena.kind.spec
-    handlers.use(wait)
+    # what the previous bounce's handlers failed with belongs to that bounce
+    result.problems += [f"bounce {index - 1}: {failure}" for failure in handlers.use(wait)]
     uffd.register(dst, mode=modes)
     # dst still holds the bounce before last: give its pages back so every one faults.
     _drop(dst)
