@@ -170,7 +170,6 @@ def test_race_facts(results, memory):
     assert f["pages_verified"] > 0
     expected_ops = {"anon": {"COPY", "ZEROPAGE", "MOVE"}, "shmem": {"COPY", "ZEROPAGE"}}
     assert set(f["ops_done"]) == expected_ops.get(memory, {"COPY"})
-    assert not f["churn_slots_lost"]
 
 
 @pytest.mark.parametrize(
