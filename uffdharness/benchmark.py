@@ -311,15 +311,30 @@ def _cpu_seconds() -> tuple[float, float]:
     """(busy seconds of every CPU, seconds this process and its reaped children used)."""
     with open("/proc/stat") as stat:
         fields = [int(value) for value in stat.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     own = os.times()
     return busy, own.user + own.system + own.children_user + own.children_system
 
 
+class OtherLoad:
+    """What other processes took of the CPUs from construction on: busy time of every CPU
+    (/proc/stat) less this process's own and its reaped children's."""
+
+    def __init__(self) -> None:
+        self._busy, self._own = _cpu_seconds()
+
+    def share(self, seconds: float) -> float:
+        """Their share of all CPU time in the ``seconds`` since construction."""
+        busy, own = _cpu_seconds()
+        available = seconds * len(os.sched_getaffinity(0))
+        others = (busy - self._busy) - (own - self._own)
+        return max(0.0, others / available) if available else 0.0
+
+
 def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
     started = time.monotonic()
-    busy_before, own_before = _cpu_seconds()
+    load = OtherLoad()
     report = BenchReport(config, placements())
     say = progress or (lambda _text: None)
     with ExitStack() as stack:
@@ -365,10 +380,7 @@ def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> B
                             ).samples.append(readahead.pages / seconds)
     _ratios(report)
     report.seconds = time.monotonic() - started
-    busy_after, own_after = _cpu_seconds()
-    available = report.seconds * len(os.sched_getaffinity(0))
-    others = (busy_after - busy_before) - (own_after - own_before)
-    report.other_load = max(0.0, others / available) if available else 0.0
+    report.other_load = load.share(report.seconds)
     return report
 
 

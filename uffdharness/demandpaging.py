@@ -32,6 +32,7 @@ from typing import Any
 from . import syscalls as sc
 from ._native import ffi, lib
 from .abi import Feature, RegisterMode, missing_features_reason
+from .benchmark import OtherLoad
 from .errors import HarnessError
 from .handler import Address, Builtin, Continue, Copy, FaultHandler, Move, Zeropage
 from .hugepages import HugepageError, HugepagePool
@@ -478,22 +479,11 @@ def hugepages_needed(config: DemandConfig) -> int:
     return copies * max(config.vcpus) * config.pages_per_vcpu
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """(busy seconds of every CPU from /proc/stat, seconds this process and its reaped
-    children used): their difference over a run is what other processes took."""
-    with open("/proc/stat") as stat:
-        ticks = [int(value) for value in stat.readline().split()[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return busy, own.user + own.system + own.children_user + own.children_system
-
-
 def run(config: DemandConfig, progress: Callable[[str], None] | None = None) -> DemandReport:
     check(config)
     say = progress or (lambda _text: None)
     started = time.monotonic()
-    busy_before, own_before = _cpu_seconds()
+    load = OtherLoad()
     kind = SPECS[config.memory]
     report = DemandReport(config, kind.page_size)
     with ExitStack() as stack:
@@ -507,10 +497,7 @@ def run(config: DemandConfig, progress: Callable[[str], None] | None = None) -> 
             _measure_vcpus(config, vcpus, report, say)
     _ratios(report)
     report.seconds = time.monotonic() - started
-    busy_after, own_after = _cpu_seconds()
-    available = report.seconds * len(os.sched_getaffinity(0))
-    others = (busy_after - busy_before) - (own_after - own_before)
-    report.other_load = max(0.0, others / available) if available else 0.0
+    report.other_load = load.share(report.seconds)
     return report
 
 

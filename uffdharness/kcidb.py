@@ -393,43 +393,35 @@ class Report:
         build = kernel.build_item(self.origin)
         self._add("builds", build)
         prefix = f"{self.origin}:{self.run_id}/{_slug(scope)}"
-        environment = {"environment": kernel.environment} if kernel.environment else {}
+
+        def add(path: str, status: str, **fields: Any) -> None:
+            test = {"id": f"{prefix}/{path}", "origin": self.origin, "build_id": build["id"]}
+            test.update(path=path, status=status, **fields)
+            if kernel.environment:
+                test["environment"] = kernel.environment
+            self._add("tests", test)
+
         for figure in bench.get("figures", []):
             parts = [figure.get(key, "?") for key in ("workload", "engine", "placement")]
             path = ".".join([SUITE, "bench", *(_segment(str(part)) for part in parts)])
             extra = ("samples", "min", "max", "ratio", "target", "missed", "handler_us", "note")
-            self._add(
-                "tests",
-                {
-                    "id": f"{prefix}/{path}",
-                    "origin": self.origin,
-                    "build_id": build["id"],
-                    "path": path,
-                    "status": "DONE",
-                    "number": {
-                        "value": float(figure.get("median", 0.0)),
-                        "unit": str(figure.get("unit", "")),
-                    },
-                    "comment": _clean(" / ".join(str(part) for part in parts) + ": median"),
-                    "misc": {key: figure[key] for key in extra if figure.get(key) is not None},
-                    **environment,
+            add(
+                path,
+                "DONE",
+                number={
+                    "value": float(figure.get("median", 0.0)),
+                    "unit": str(figure.get("unit", "")),
                 },
+                comment=_clean(" / ".join(str(part) for part in parts) + ": median"),
+                misc={key: figure[key] for key in extra if figure.get(key) is not None},
             )
         for skipped in bench.get("skipped", []):
             name, _, reason = str(skipped).partition(": ")
-            path = f"{SUITE}.bench.{_segment(name)}"
-            self._add(
-                "tests",
-                {
-                    "id": f"{prefix}/{path}",
-                    "origin": self.origin,
-                    "build_id": build["id"],
-                    "path": path,
-                    "status": "SKIP",
-                    "log_excerpt": _clean(f"{skipped}\n")[:LOG_EXCERPT_MAX],
-                    "comment": _clean(f"{name}: skipped: {reason}"),
-                    **environment,
-                },
+            add(
+                f"{SUITE}.bench.{_segment(name)}",
+                "SKIP",
+                log_excerpt=_clean(f"{skipped}\n")[:LOG_EXCERPT_MAX],
+                comment=_clean(f"{name}: skipped: {reason}"),
             )
 
     def to_json(self) -> dict[str, Any]:
