@@ -9,8 +9,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- stats ------------------------------------------------------------------------- */
@@ -284,6 +287,49 @@ int uh_core_push_backlog(struct uh_core *c, int ui, const struct uh_uffd_msg *ms
     return rc;
 }
 
+/* Native handlers in UH_WAIT_READ clear O_NONBLOCK on their uffd's file description, which
+ * every duplicate shares (handler_native.c read_loop); while one runs, a read here must not
+ * trust the file's flags. */
+int uh_blocking_readers;
+
+/* read(2) of a uffd that fails EAGAIN instead of sleeping, whatever O_NONBLOCK says: the
+ * core reads under its lock, and a core that slept there (drain() while retrying an ioctl)
+ * would hold back every fault it had set aside until some other fault arrived. */
+static ssize_t read_nowait(int fd, void *buf, size_t len)
+{
+    if (!__atomic_load_n(&uh_blocking_readers, __ATOMIC_ACQUIRE))
+        return read(fd, buf, len);
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    ssize_t got = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+    if (got >= 0 || errno != EOPNOTSUPP)
+        return got;
+    /* A uffd without FMODE_NOWAIT (before 'userfaultfd: convert to ->read_iter()') refuses
+     * RWF_NOWAIT: poll, then read with a timer signal bounding the read in case another
+     * reader takes the message in between. */
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    if (poll(&pfd, 1, 0) <= 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    struct sigevent sev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = UH_READ_SIGNAL};
+    sev._sigev_un._tid = gettid(); /* sigev_notify_thread_id, which older glibc lacks */
+    timer_t timer;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0)
+        return -1;
+    sigset_t sig, old;
+    sigemptyset(&sig);
+    sigaddset(&sig, UH_READ_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &sig, &old);
+    struct itimerspec when = {.it_value = {.tv_nsec = 2000000}};
+    timer_settime(timer, 0, &when, NULL);
+    got = read(fd, buf, len);
+    int err = errno;
+    timer_delete(timer);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = got < 0 && err == EINTR ? EAGAIN : err;
+    return got;
+}
+
 long core_read(struct uh_core *c, int ui, struct uh_uffd_msg *out, size_t max,
                uint64_t *t_read)
 {
@@ -300,7 +346,7 @@ long core_read(struct uh_core *c, int ui, struct uh_uffd_msg *out, size_t max,
     }
     if (s->fd < 0)
         return -EAGAIN;
-    ssize_t got = read(s->fd, out, max * sizeof(*out));
+    ssize_t got = read_nowait(s->fd, out, max * sizeof(*out));
     if (got < 0)
         return -errno;
     *t_read = now_ns();
@@ -327,7 +373,7 @@ void drain(struct uh_core *c, struct uh_served *s)
     struct uh_uffd_msg tmp[64];
     while (s->backlog_count < UH_BACKLOG) {
         size_t room = UH_BACKLOG - s->backlog_count;
-        ssize_t got = read(s->fd, tmp, (room < 64 ? room : 64) * sizeof(tmp[0]));
+        ssize_t got = read_nowait(s->fd, tmp, (room < 64 ? room : 64) * sizeof(tmp[0]));
         if (got <= 0)
             return;
         size_t n = (size_t)got / sizeof(tmp[0]);

@@ -76,13 +76,6 @@ static long native_batch(struct uh_core *c, int ui, struct uh_uffd_msg *msgs, si
     return handle_msgs(c, ui, msgs, n, t_read);
 }
 
-/* UH_WAIT_READ interrupts a blocking read() with this signal: a handler without SA_RESTART
- * makes userfaultfd_ctx_read return EINTR. */
-static int read_signal(void)
-{
-    return SIGRTMIN + 3;
-}
-
 static void ignore_signal(int sig)
 {
     (void)sig;
@@ -92,7 +85,7 @@ static void install_read_signal(void)
 {
     struct sigaction sa = {.sa_handler = ignore_signal};
     sigemptyset(&sa.sa_mask);
-    sigaction(read_signal(), &sa, NULL);
+    sigaction(UH_READ_SIGNAL, &sa, NULL);
 }
 
 /* uffd-stress's read mode: sleep in a blocking read() of the one served uffd instead of in
@@ -104,14 +97,20 @@ static int read_loop(struct uh_native *nt, struct uh_uffd_msg *msgs)
     struct uh_core *c = nt->core;
     sigset_t unblock;
     sigemptyset(&unblock);
-    sigaddset(&unblock, read_signal());
+    sigaddset(&unblock, UH_READ_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
     pthread_mutex_lock(&c->lock);
     int fd = c->nuffds == 1 ? c->uffds[0]->fd : -1;
     pthread_mutex_unlock(&c->lock);
     int flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
-    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+    if (flags < 0)
         return fd < 0 ? -EINVAL : -errno;
+    __atomic_add_fetch(&uh_blocking_readers, 1, __ATOMIC_SEQ_CST); /* before the file blocks */
+    if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) {
+        int err = errno;
+        __atomic_sub_fetch(&uh_blocking_readers, 1, __ATOMIC_SEQ_CST);
+        return -err;
+    }
     int rc = 0;
     while (!__atomic_load_n(&nt->stop, __ATOMIC_SEQ_CST)) {
         ssize_t got = read(fd, msgs, (size_t)nt->batch * sizeof(*msgs));
@@ -129,10 +128,18 @@ static int read_loop(struct uh_native *nt, struct uh_uffd_msg *msgs)
         }
         uint64_t t_read = now_ns();
         long n = got / (long)sizeof(*msgs);
+        /* Nothing else reads the wake eventfd in this mode: a wake left there (serve()
+         * writes one to rebuild poll sets) would cut every Delay short. */
+        uint64_t wakes;
+        (void)!read(nt->efd, &wakes, sizeof(wakes));
         pthread_mutex_lock(&c->lock);
         bump(&c->stats->batches, 1);
         bump(&c->stats->messages, (uint64_t)n);
         long handled = handle_msgs(c, 0, msgs, n, t_read);
+        /* Faults set aside while an ioctl was retried (drain()) are this thread's to
+         * resolve: their threads sleep until then, and read() will not return them. */
+        while (handled >= 0 && c->uffds[0]->backlog_count)
+            handled = native_batch(c, 0, msgs, (size_t)nt->batch);
         pthread_mutex_unlock(&c->lock);
         if (handled < 0) {
             rc = (int)handled;
@@ -140,6 +147,7 @@ static int read_loop(struct uh_native *nt, struct uh_uffd_msg *msgs)
         }
     }
     fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    __atomic_sub_fetch(&uh_blocking_readers, 1, __ATOMIC_SEQ_CST); /* after it no longer does */
     return rc;
 }
 
@@ -260,7 +268,7 @@ int uh_native_stop(struct uh_native *nt)
         /* The signal may land just before read() is entered: repeat until it returned.
          * (stop and reading are seq_cst: either the loop sees stop, or this sees reading.) */
         while (__atomic_load_n(&nt->reading, __ATOMIC_SEQ_CST)) {
-            pthread_kill(nt->thread, read_signal());
+            pthread_kill(nt->thread, UH_READ_SIGNAL);
             sleep_ns(20000);
         }
     }

@@ -413,3 +413,41 @@ def test_native_refuses_python_policy(uffd_factory, region_factory):
     with pytest.raises(HarnessError, match="native engine runs only built-in"):
         handler.serve(region, lambda ctx: None)
     handler.stop()
+
+
+# --- blocking read() (uffd-stress's read mode) -----------------------------------------
+
+
+def test_blocking_read_resolves_faults_read_while_an_ioctl_failed(uffd_factory, region_factory):
+    """A native handler sleeping in a blocking read() reads every queued message when an
+    ioctl fails (here COPY's ENOENT: page 0 was unregistered while its fault was delayed)
+    and must still resolve the faults among them: page 1's toucher sleeps until it does.
+    Reading those messages must not sleep either (the file is blocking in this mode)."""
+    import threading
+    import time
+
+    uffd = uffd_factory(Feature(0))
+    region = region_factory("anon", 2)
+    uffd.register(region)
+    handler = FaultHandler(
+        uffd, GoneOk(Delay(FillIndexed(SEED), 300_000)), region, engine="native", blocking_read=True
+    )
+    with handler:
+        first = threading.Thread(target=region.touch, args=([0],))
+        first.start()
+        time.sleep(0.05)  # page 0's fault is read and its delay running
+        second = threading.Thread(target=region.touch, args=([1],))
+        second.start()
+        time.sleep(0.05)  # page 1's fault queued behind it
+        uffd.unregister(region.addr, PAGE_SIZE)  # wakes page 0's toucher (a zero page)
+        first.join(5)
+        second.join(5)
+        hung = second.is_alive()
+    second.join(5)  # stopping released it if the handler never did
+    first.join(5)
+    assert not hung, "page 1's fault, read while COPY failed on page 0, was never resolved"
+    assert_indexed(region, SEED, [1])
+    assert_zero(region, [0])
+    stats = handler.stats
+    assert stats.errors == {"ENOENT": 1}
+    assert stats.faults.missing_read == 2 and stats.pages_resolved == 1

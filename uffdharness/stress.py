@@ -193,10 +193,9 @@ class Arena:
 class Handlers:
     """``threads`` FaultHandlers on the uffd, each serving both areas (a fault in one is
     resolved from the other at the same offset: only the bounce's dst is registered),
-    started afresh for every bounce: the process engine's helper copies from its
-    fork-time view of a private source, and a set kept across bounces left lockers stuck
-    in faults on hugetlb-private with WP (seen within seconds on 6.18 and in a 7.3 guest;
-    not understood yet), which a fresh set never did (8,300 bounces)."""
+    kept across bounces and restarted when the wait mode changes. The process engine's
+    helper copies from its fork-time view of a private source, so its set is started
+    afresh every bounce."""
 
     def __init__(self, config: StressConfig, arena: Arena, uffd: Userfaultfd) -> None:
         self.config = config
@@ -204,10 +203,14 @@ class Handlers:
         self.uffd = uffd
         self.running: list[FaultHandler] = []
         self.faults = self.wp_faults = 0  # of the handlers stopped so far
+        self.wait = ""
 
     def use(self, wait: str) -> list[str]:
-        """Stop the running set (returning what it failed with), start one whose native
-        handlers wait as ``wait`` says."""
+        """Unless the running set already waits as ``wait`` says: stop it (returning what it
+        failed with) and start one that does."""
+        if wait == self.wait and self.running and self.config.engine != "process":
+            return []
+        self.wait = wait
         failures = self.stop()
         first, second = self.arena.areas
         for _ in range(self.config.threads):
@@ -224,6 +227,16 @@ class Handlers:
                 # waiter already woken by a copier's COPY or the final unprotect): ENOENT.
                 handler.serve((area.addr, area.length, self.arena.unit), GoneOk(policy))
             handler.start()
+        return failures
+
+    def check(self) -> list[str]:
+        """What the running set has failed with so far (each failure reported once)."""
+        failures = []
+        for handler in self.running:
+            try:
+                handler.check()
+            except Exception as exc:  # the engine's own failure: the bounce's problem
+                failures.append(f"handler failed: {exc}")
         return failures
 
     def counts(self) -> tuple[int, int]:
@@ -392,7 +405,7 @@ def _bounce(
 ) -> Bounce:
     lockers, start, wait = bounce_modes(index, config.engine)
     spec = arena.kind.spec
-    # what the previous bounce's handlers failed with belongs to that bounce
+    # what the previous bounce's handlers failed with as they stopped belongs to that bounce
     result.problems += [f"bounce {index - 1}: {failure}" for failure in handlers.use(wait)]
     uffd.register(dst, mode=modes)
     # dst still holds the bounce before last: give its pages back so every one faults.
@@ -437,6 +450,7 @@ def _bounce(
     missing_after, wp_after = handlers.counts()
     arena.lost.update(i for j, i in enumerate(alive) if b.churn_lost_mask >> j & 1)
     _judge(b, index, dst, counts, result)
+    result.problems += [f"bounce {index}: {failure}" for failure in handlers.check()]
     return Bounce(
         index,
         lockers,

@@ -142,6 +142,11 @@ UH_HIDDEN int add_range(struct uh_served *s, uint64_t start, uint64_t len, uint6
 UH_HIDDEN long core_read(struct uh_core *c, int ui, struct uh_uffd_msg *out, size_t max,
                          uint64_t *t_read);
 UH_HIDDEN void drain(struct uh_core *c, struct uh_served *s);
+/* UH_WAIT_READ stops a blocking read() with this signal (its handler has no SA_RESTART, so
+ * userfaultfd_ctx_read returns EINTR); read_nowait bounds a read with it. */
+#define UH_READ_SIGNAL (SIGRTMIN + 3)
+/* Native handlers in UH_WAIT_READ now running (their uffd's file may be blocking). */
+UH_HIDDEN extern int uh_blocking_readers;
 
 /* ---- handler_resolve.c ------------------------------------------------------------- */
 

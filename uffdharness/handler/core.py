@@ -36,7 +36,7 @@ class Core:
         self.policies: list[Policy] = []
         self._indexes: dict[int, int] = {}
         self.resources = Resources()
-        self._final: Any = None  # a private copy of the counters once freed
+        self._final: HandlerStats | None = None  # the counters as they were when freed
 
     # --- configuration -------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class Core:
         lib.uh_core_set_wake_fd(self.ptr, wake_fd)
 
     def stats(self) -> HandlerStats:
-        return HandlerStats.read(self._final if self._final is not None else self.stats_ptr)
+        return self._final if self._final is not None else HandlerStats.read(self.stats_ptr)
 
     def last_failure(self) -> UffdError:
         failure = ffi.new("struct uh_failure *")
@@ -145,9 +145,9 @@ class Core:
     def free(self) -> None:
         if self.ptr is None:
             return
-        final = ffi.new("struct uh_stats *")
-        ffi.memmove(final, self.stats_ptr, ffi.sizeof("struct uh_stats"))
-        self._final = final
+        # A snapshot, not a copy of the struct: copying its 568 KB (faulting in every page
+        # of the shared block) made freeing cost 0.5 ms, a bounce's worth in stress.
+        self._final = HandlerStats.read(self.stats_ptr)
         lib.uh_core_free(self.ptr)
         lib.uh_stats_free(self.stats_ptr)
         self.ptr = self.stats_ptr = None  # type: ignore[assignment]
