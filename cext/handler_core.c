@@ -291,6 +291,12 @@ int uh_core_push_backlog(struct uh_core *c, int ui, const struct uh_uffd_msg *ms
  * every duplicate shares (handler_native.c read_loop); while one runs, a read here must not
  * trust the file's flags. */
 int uh_blocking_readers;
+static int poll_reads; /* uh_core_poll_reads */
+
+int uh_core_poll_reads(int on)
+{
+    return __atomic_exchange_n(&poll_reads, on, __ATOMIC_SEQ_CST);
+}
 
 /* read(2) of a uffd that fails EAGAIN instead of sleeping, whatever O_NONBLOCK says: the
  * core reads under its lock, and a core that slept there (drain() while retrying an ioctl)
@@ -300,9 +306,12 @@ static ssize_t read_nowait(int fd, void *buf, size_t len)
     if (!__atomic_load_n(&uh_blocking_readers, __ATOMIC_ACQUIRE))
         return read(fd, buf, len);
     struct iovec iov = {.iov_base = buf, .iov_len = len};
-    ssize_t got = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
-    if (got >= 0 || errno != EOPNOTSUPP)
-        return got;
+    ssize_t got;
+    if (!__atomic_load_n(&poll_reads, __ATOMIC_RELAXED)) {
+        got = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+        if (got >= 0 || errno != EOPNOTSUPP)
+            return got;
+    }
     /* A uffd without FMODE_NOWAIT (before 'userfaultfd: convert to ->read_iter()') refuses
      * RWF_NOWAIT: poll, then read with a timer signal bounding the read in case another
      * reader takes the message in between. */

@@ -253,4 +253,8 @@ long uh_bridge_stop(struct uh_bridge *bridge, struct uh_uffd_msg *out, size_t ma
 
 int uh_set_thread_cpu(int cpu);
 
+/* Read without RWF_NOWAIT (poll, then a timer-bounded read) as on kernels whose uffd
+ * refuses it, when on is 1; returns the previous setting (tests run both paths). */
+int uh_core_poll_reads(int on);
+
 #endif

@@ -418,7 +418,20 @@ def test_native_refuses_python_policy(uffd_factory, region_factory):
 # --- blocking read() (uffd-stress's read mode) -----------------------------------------
 
 
-def test_blocking_read_resolves_faults_read_while_an_ioctl_failed(uffd_factory, region_factory):
+@pytest.fixture(params=["rwf_nowait", "poll_then_timed_read"])
+def core_reads(request):
+    """Both ways the core reads a uffd whose file is blocking: RWF_NOWAIT, and poll plus a
+    read bounded by a timer signal (kernels whose uffd refuses RWF_NOWAIT)."""
+    from uffdharness._native import lib
+
+    before = lib.uh_core_poll_reads(int(request.param == "poll_then_timed_read"))
+    yield request.param
+    lib.uh_core_poll_reads(before)
+
+
+def test_blocking_read_resolves_faults_read_while_an_ioctl_failed(
+    core_reads, uffd_factory, region_factory
+):
     """A native handler sleeping in a blocking read() reads every queued message when an
     ioctl fails (here COPY's ENOENT: page 0 was unregistered while its fault was delayed)
     and must still resolve the faults among them: page 1's toucher sleeps until it does.
