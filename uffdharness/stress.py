@@ -23,6 +23,7 @@ at the bounce's deadline is a failure naming the page and the bounce.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ OPS = {
     lib.UH_STRESS_OP_THREAD: "pthread_create",
 }
 POLL_SLICE = 0.1  # seconds per wait in C, so a signal is handled promptly
+_ADVICE_NAMES = {sc.MADV_DONTNEED: "MADV_DONTNEED", sc.MADV_REMOVE: "MADV_REMOVE"}
 STUCK_GRACE = 2.0  # after unregistering for a stuck bounce, how long threads may take
 
 
@@ -102,6 +104,7 @@ class StressResult:
     pages: int
     verdict: str = "pass"  # pass, fail, or skip
     reason: str = ""  # for skip
+    drop: str = ""  # how the areas' pages are given back each bounce (advice, punch)
     problems: list[str] = field(default_factory=list)
     bounces: list[Bounce] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the bounce loop
@@ -149,6 +152,7 @@ class Arena:
         length = CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + CHURN_SLOTS) * self.churn_len
         self._reservation = Reservation(length, align=align)
         self.lost: set[int] = set()  # churn slots given up: holes another mapping may fill
+        self.drop_advice = kind.spec.drop_advice  # as this kernel takes it (_drop_advice)
         stack.callback(self.close)
         base = self._reservation.start
         self.churn = [base + i * step for i in range(CHURN_SLOTS)]
@@ -366,7 +370,9 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
         # yet, and their first touch cost bounce 0 up to 66 ms (its copies take 2 ms);
         # given back, they are the first the kernel hands out again.
         dst.touch(write=True)
-        _drop(dst)
+        arena.drop_advice = _drop_advice(dst)
+        result.drop = _drop_name(arena.drop_advice, dst)
+        _drop(dst, arena.drop_advice)
         started = time.monotonic()
         index = 0
         while True:
@@ -410,12 +416,11 @@ def _bounce(
     result: StressResult,
 ) -> Bounce:
     lockers, start, wait = bounce_modes(index, config.engine)
-    spec = arena.kind.spec
     # what the previous bounce's handlers failed with as they stopped belongs to that bounce
     result.problems += [f"bounce {index - 1}: {failure}" for failure in handlers.use(wait)]
     uffd.register(dst, mode=modes)
     # dst still holds the bounce before last: give its pages back so every one faults.
-    _drop(dst)
+    _drop(dst, arena.drop_advice)
     b = ffi.new("struct uh_stress_bounce *")
     # a churn slot given up in an earlier bounce is never touched again
     alive = [i for i in range(len(arena.churn)) if i not in arena.lost] if config.churn else []
@@ -432,7 +437,7 @@ def _bounce(
         b.random = lockers == "random"
         b.racing = start == "racing"
         b.copy_mode_wp = int(config.wp)
-        b.release_advice = spec.drop_advice
+        b.release_advice = arena.drop_advice
         b.release_fd = _private_file(src)
         b.seed = config.seed * 1000 + index
         b.nchurn = len(alive)
@@ -479,8 +484,32 @@ def _private_file(region: Region) -> int:
     return region.fd if region.fd >= 0 and not region.kind.spec.shared else -1
 
 
-def _drop(region: Region) -> None:
-    region.madvise(region.kind.spec.drop_advice)
+def _drop_advice(region: Region) -> int:
+    """The advice that drops ``region``'s pages on this kernel: its kind's, or -1 (none)
+    where the kernel refuses that and punching the file drops them alone: MADV_DONTNEED on
+    hugetlb needs 5.18 ('mm: enable MADV_DONTNEED for hugetlb mappings'), and a hole
+    punched in hugetlbfs unmaps the range from every mapping of the file, private pages
+    too (hugetlb_vmdelete_list)."""
+    advice = region.kind.spec.drop_advice
+    try:
+        region.madvise(advice)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or not region.kind.spec.is_hugetlb:
+            raise
+        if _private_file(region) < 0:
+            raise StressError(f"{region.kind.value}: this kernel refuses its drop ({exc})") from exc
+        return -1
+    return advice
+
+
+def _drop_name(advice: int, region: Region) -> str:
+    names = [] if advice < 0 else [_ADVICE_NAMES.get(advice, str(advice))]
+    return " + ".join(names + (["punch"] if _private_file(region) >= 0 else []))
+
+
+def _drop(region: Region, advice: int) -> None:
+    if advice >= 0:
+        region.madvise(advice)
     if _private_file(region) >= 0:
         region.punch_hole()
 
@@ -546,6 +575,4 @@ def _judge(b: Any, index: int, dst: Region, counts: Any, result: StressResult) -
 
 
 def _errno_name(err: int) -> str:
-    import errno
-
     return errno.errorcode.get(err, str(err))

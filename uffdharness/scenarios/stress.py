@@ -32,7 +32,6 @@ MIN_BOUNCES = 5  # bounce 4 is the first whose handlers poll(): both wait modes
     memory=ALL_KINDS + THP_KINDS,
     modes=RegisterMode.MISSING,
     probes=RegisterMode.MISSING | RegisterMode.WP,
-    uses=("drop",),
     hugepages=2 * stress.area_pages_for(MIB, THREADS, 2 << 20),
 )
 def stress_scenario(ctx: Context) -> Observation:
@@ -57,6 +56,7 @@ def stress_scenario(ctx: Context) -> Observation:
             "pages": result.pages,
             "wp": wp,
             "page_size": result.page_size,
+            "drop": result.drop,
             "bounces": [
                 {
                     "modes": f"{b.lockers} {b.start} {b.wait}",
