@@ -263,3 +263,32 @@ def test_reservation_close_keeps_out_a_hole_another_mapping_took():
         assert inside == [(foreign, foreign + 2 * page)]
     finally:
         sc.munmap(foreign, 2 * page)
+
+
+def test_churn_arena_layout_and_close_around_lost_slots():
+    """Slots lie in order, the parking slots past a guard gap as long as the longest churn
+    slot; close() leaves what another mapping put in a lost churn slot's parking, and
+    unmaps everything else."""
+    from uffdharness.memory import ChurnArena
+
+    page = PAGE_SIZE
+    arena = ChurnArena([page, 4 * page, 2 * page], churn=[0, 2])
+    assert [arena.slot(i) - arena.slot(0) for i in range(3)] == [0, page, 5 * page]
+    assert (arena.churn(0), arena.churn(1)) == (arena.slot(0), arena.slot(2))
+    assert arena.parking(0) - arena.slot(0) == 7 * page + 2 * page  # after the gap
+    assert arena.parking(1) - arena.parking(0) == page
+    flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
+    foreign = sc.mmap(arena.parking(1), 2 * page, sc.PROT_RW, flags)  # took the hole
+    arena.lost.add(1)
+    try:
+        base, length = arena.span
+        arena.close()
+        with open("/proc/self/maps") as lines:
+            spans = [[int(x, 16) for x in line.split()[0].split("-")] for line in lines]
+        inside = [(start, end) for start, end in spans if start < base + length and end > base]
+        # the lost slot itself was kept out as well, so it is still reserved (PROT_NONE)
+        assert (foreign, foreign + 2 * page) in inside
+        assert all(start >= arena.churn(1) for start, _ in inside), inside
+    finally:
+        sc.munmap(foreign, 2 * page)
+        sc.munmap(arena.churn(1), 2 * page)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
@@ -657,6 +657,53 @@ class Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChurnArena:
+    """One PROT_NONE reservation laid out for VMA churn: ``slot_lengths`` (slots in address
+    order), a guard gap, then a parking slot for each slot listed in ``churn`` (as long as
+    it), where a churn thread moves that slot's VMA away and back.
+
+    Churning leaves short-lived holes (a VMA moved away, a range unmapped) that another
+    mapping of this process may fill meanwhile; the churner then gives that churn slot up
+    and adds its number (its position in ``churn``) to ``lost``. close() unmaps the whole
+    reservation except the lost slots and their parking, so nothing foreign is unmapped.
+    """
+
+    def __init__(
+        self,
+        slot_lengths: Sequence[int],
+        churn: Sequence[int],
+        align: int = PAGE_SIZE,
+        guard: int = PAGE_SIZE,
+    ) -> None:
+        self._offsets = [sum(slot_lengths[:i]) for i in range(len(slot_lengths))]
+        self._churn = list(churn)
+        self.churn_lengths = [slot_lengths[i] for i in self._churn]
+        gap = max(self.churn_lengths, default=0)
+        parked = sum(slot_lengths) + gap
+        self._parking = [parked + sum(self.churn_lengths[:j]) for j in range(len(self._churn))]
+        self._reservation = Reservation(parked + sum(self.churn_lengths), align=align, guard=guard)
+        self.lost: set[int] = set()
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self._reservation.span
+
+    def slot(self, index: int) -> int:
+        return self._reservation.start + self._offsets[index]
+
+    def churn(self, number: int) -> int:
+        """The address of churn slot ``number`` (a position in ``churn``)."""
+        return self.slot(self._churn[number])
+
+    def parking(self, number: int) -> int:
+        return self._reservation.start + self._parking[number]
+
+    def close(self) -> None:
+        keep_out = [(self.churn(j), self.churn_lengths[j]) for j in self.lost]
+        keep_out += [(self.parking(j), self.churn_lengths[j]) for j in self.lost]
+        self._reservation.close(keep_out)
 
 
 def allocate(

@@ -38,7 +38,7 @@ from .abi import Feature, RegisterMode, WriteProtectMode, missing_features_reaso
 from .errors import UffdError
 from .handler import Copy, FaultHandler, GoneOk, Unprotect
 from .handler.handler import EngineName
-from .memory import PAGE_SIZE, PMD_THP_KINDS, MemoryKind, Region, Reservation, kinds_where
+from .memory import PAGE_SIZE, PMD_THP_KINDS, ChurnArena, MemoryKind, Region, kinds_where
 from .uffd import Userfaultfd
 
 # The kinds uffd-stress runs on, plus memfd and the PMD-THP kinds.
@@ -137,7 +137,7 @@ class StressError(Exception):
 # ---- the areas and their neighbours ------------------------------------------------------
 
 
-class Arena:
+class Arena(ChurnArena):
     """Both areas, each between anonymous churn slots, in one PROT_NONE reservation (plus
     a parking slot per churn slot): [churn][area 0][churn][area 1][churn] guard [parking].
     Everything is unmapped by close()."""
@@ -148,30 +148,17 @@ class Arena:
         self.unit = unit
         align = max(spec.page_size, unit)
         self.churn_len = max(CHURN_PAGES * PAGE_SIZE, align)
-        step = self.churn_len + area_length
-        length = CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + CHURN_SLOTS) * self.churn_len
-        self._reservation = Reservation(length, align=align)
-        self.lost: set[int] = set()  # churn slots given up: holes another mapping may fill
+        churn, area = self.churn_len, area_length
+        super().__init__([churn, area, churn, area, churn], churn=[0, 2, 4], align=align)
         self.drop_advice = kind.spec.drop_advice  # as this kernel takes it (_drop_advice)
         stack.callback(self.close)
-        base = self._reservation.start
-        self.churn = [base + i * step for i in range(CHURN_SLOTS)]
-        self.parking = [
-            base + CHURN_SLOTS * self.churn_len + 2 * area_length + (1 + i) * self.churn_len
-            for i in range(CHURN_SLOTS)
-        ]
         flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
-        for addr in self.churn:
-            sc.mmap(addr, self.churn_len, sc.PROT_RW, flags)
+        for number in range(CHURN_SLOTS):
+            sc.mmap(self.churn(number), self.churn_len, sc.PROT_RW, flags)
         self.areas = [
-            stack.enter_context(self._map_area(base + self.churn_len + i * step, area_length, i))
+            stack.enter_context(self._map_area(self.slot(1 + 2 * i), area_length, i))
             for i in range(2)
         ]
-
-    def close(self) -> None:
-        keep_out = [(self.churn[i], self.churn_len) for i in self.lost]
-        keep_out += [(self.parking[i], self.churn_len) for i in self.lost]
-        self._reservation.close(keep_out)
 
     def _map_area(self, addr: int, length: int, index: int) -> Region:
         spec = self.kind.spec
@@ -423,7 +410,7 @@ def _bounce(
     _drop(dst, arena.drop_advice)
     b = ffi.new("struct uh_stress_bounce *")
     # a churn slot given up in an earlier bounce is never touched again
-    alive = [i for i in range(len(arena.churn)) if i not in arena.lost] if config.churn else []
+    alive = [i for i in range(CHURN_SLOTS) if i not in arena.lost] if config.churn else []
     missing_before, wp_before = handlers.counts()
     began = time.monotonic()
     try:
@@ -443,8 +430,8 @@ def _bounce(
         b.nchurn = len(alive)
         b.churn_len = arena.churn_len
         for j, i in enumerate(alive):
-            b.churn[j] = ffi.cast("char *", arena.churn[i])
-            b.parking[j] = ffi.cast("char *", arena.parking[i])
+            b.churn[j] = ffi.cast("char *", arena.churn(i))
+            b.parking[j] = ffi.cast("char *", arena.parking(i))
         rc = lib.uh_stress_start(b)
         if rc < 0:
             raise OSError(-rc, f"stress threads: {os.strerror(-rc)}")

@@ -22,7 +22,7 @@ from collections import Counter
 from .. import syscalls as sc
 from ..abi import Feature, RegisterMode
 from ..errors import UffdError
-from ..memory import PAGE_SIZE, KindSpec, MemoryKind, Region, Reservation
+from ..memory import PAGE_SIZE, ChurnArena, KindSpec, MemoryKind, Region
 from ..pagemap import Pagemap
 from ..uffd import Userfaultfd
 from .checks import Checks, errno_of
@@ -45,13 +45,11 @@ JOIN_GRACE_SHARE = 0.3  # ... and at most this share of the scenario's timeout
 MAX_REPORTED = 5  # mismatches listed in the facts
 
 
-class Arena:
-    """One PROT_NONE reservation holding alternating op/churn slots plus one parking slot
-    per churn region; everything in it is unmapped by close().
-
-    Churning leaves short-lived holes (a region moved away, a range unmapped). They are
-    refilled only with MAP_FIXED_NOREPLACE: if another mapping of this process landed in
-    a hole meanwhile, the slot is given up rather than clobbered.
+class Arena(ChurnArena):
+    """Alternating op/churn slots of the kind's memory (op, churn, op, churn, ...) plus one
+    parking slot per churn region (ChurnArena). Holes left while churning are refilled
+    only with MAP_FIXED_NOREPLACE: if another mapping of this process landed in one
+    meanwhile, the churn region is given up (``lost``) rather than clobbered.
     """
 
     def __init__(self, spec: KindSpec) -> None:
@@ -60,24 +58,18 @@ class Arena:
         self.pages = HUGETLB_REGION_PAGES if spec.is_hugetlb else REGION_PAGES
         self.slot_length = self.pages * self.page_size
         self.slots = OP_REGIONS + CHURN_REGIONS
-        # op/churn slots, one guard slot, the parking slots; a guard slot each side.
-        length = (self.slots + 1 + CHURN_REGIONS) * self.slot_length
-        self._reservation = Reservation(length, align=self.page_size, guard=self.slot_length)
+        super().__init__(
+            [self.slot_length] * self.slots,
+            churn=[2 * i + 1 for i in range(CHURN_REGIONS)],
+            align=self.page_size,
+            guard=self.slot_length,
+        )
         # hugetlb as an anonymous MAP_HUGETLB mapping (its own hugetlbfs file), shared or
         # private as the kind says: the same hugetlb VMA code, and a slot can be remapped
         # without a file offset to track.
         self.flags = self.spec.mmap_flags
         if spec.is_hugetlb:
             self.flags |= sc.MAP_ANONYMOUS | sc.MAP_HUGETLB
-        self.lost: set[int] = set()  # churn regions whose slot or parking a hole exposed
-
-    def slot(self, index: int) -> int:
-        """Slots 0..slots-1 alternate op, churn, op, churn...; one guard slot, then the
-        parking slots follow."""
-        return self._reservation.start + index * self.slot_length
-
-    def parking(self, churn: int) -> int:
-        return self.slot(self.slots + 1 + churn)
 
     def map(self, addr: int, length: int, *, replace: bool) -> int:
         """Map memory of the arena's kind at ``addr``: MAP_FIXED over our own reservation,
@@ -88,11 +80,6 @@ class Arena:
     def placeholder(self, addr: int, length: int) -> None:
         flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_NORESERVE | sc.MAP_FIXED_NOREPLACE
         sc.mmap(addr, length, sc.PROT_NONE, flags)
-
-    def close(self) -> None:
-        keep_out = [(self.slot(2 * i + 1), self.slot_length) for i in self.lost]
-        keep_out += [(self.parking(i), self.slot_length) for i in self.lost]
-        self._reservation.close(keep_out)
 
 
 def _tag(region: int, page: int, op: str, thread: int, serial: int) -> bytes:
