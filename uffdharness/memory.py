@@ -253,6 +253,11 @@ def kinds_where(predicate: Callable[[KindSpec], bool]) -> tuple[str, ...]:
     )
 
 
+# What `uffdharness stress` runs on: the kinds uffd-stress does, plus memfd and the PMD-THP
+# kinds (here, not in stress.py, so the CLI's parser names them without the handler stack).
+STRESS_KINDS = kinds_where(lambda spec: True) + PMD_THP_KINDS
+
+
 @functools.cache
 def pmd_size() -> int:
     """The size a PMD maps (a THP), from /sys/kernel/mm/transparent_hugepage/hpage_pmd_size;

@@ -38,11 +38,9 @@ from .abi import Feature, RegisterMode, WriteProtectMode, missing_features_reaso
 from .errors import UffdError
 from .handler import Copy, FaultHandler, GoneOk, Unprotect
 from .handler.handler import EngineName
-from .memory import PAGE_SIZE, PMD_THP_KINDS, ChurnArena, MemoryKind, Region, kinds_where
+from .memory import PAGE_SIZE, ChurnArena, MemoryKind, Region
 from .uffd import Userfaultfd
 
-# The kinds uffd-stress runs on, plus memfd and the PMD-THP kinds.
-STRESS_KINDS = kinds_where(lambda spec: True) + PMD_THP_KINDS
 CHURN_SLOTS = 3  # before area 0, between the areas, after area 1
 CHURN_PAGES = 16
 OPS = {

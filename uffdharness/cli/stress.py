@@ -20,7 +20,7 @@ ENGINES = ("native", "thread", "process")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from uffdharness.memory import PMD_THP_KINDS, kinds_where
+    from uffdharness.memory import STRESS_KINDS
 
     parser = subparsers.add_parser(
         "stress",
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--memory",
         action="append",
-        choices=kinds_where(lambda spec: True) + PMD_THP_KINDS,
+        choices=STRESS_KINDS,
         help="memory kind (repeatable; default: every kind)",
     )
     parser.add_argument("--mib", type=count(1, 1 << 16), default=32, help="MiB per area (32)")
@@ -71,11 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from uffdharness import runner, stress, system
     from uffdharness.kindsetup import KindSetup
-    from uffdharness.memory import MemoryKind
+    from uffdharness.memory import STRESS_KINDS, MemoryKind
 
     out = out or sys.stdout
     check_outputs(args.usage_error, json=args.json)
-    kinds = args.memory or list(stress.STRESS_KINDS)
+    kinds = args.memory or list(STRESS_KINDS)
     threads = args.threads or stress.default_threads()
     configs = [
         stress.StressConfig(
