@@ -23,8 +23,8 @@ import pytest
 from test_matrix_cli import _cached_spec
 
 TAG = "UFFDHARNESS_SIGNAL_TEST_TAG"
-GUEST_DIRS = "/tmp/uffdharness-guest-*"
-TEMP_DIRS = (GUEST_DIRS, "/tmp/uffdharness-host-*")  # a guest's results share, a host run's
+GUEST_DIRS = "uffdharness-guest-*"
+TEMP_DIRS = (GUEST_DIRS, "uffdharness-host-*")  # a guest's results share, a host run's
 
 
 def _children_of(pid: int) -> dict[int, str]:
@@ -59,8 +59,8 @@ def _tagged(tag: str) -> list[str]:
     return left
 
 
-def _temp_dirs() -> set[str]:
-    return {path for pattern in TEMP_DIRS for path in glob.glob(pattern)}
+def _temp_dirs(root: Path) -> set[str]:
+    return {path for pattern in TEMP_DIRS for path in glob.glob(str(root / pattern))}
 
 
 def _argv(pid: int) -> list[str]:
@@ -81,22 +81,30 @@ def _wait_for(condition, timeout: float, what: str):
 
 
 class MatrixChild:
-    """`python -m uffdharness matrix ARGS --json --junit` in a tagged child process."""
+    """`python -m uffdharness matrix ARGS --json --junit` in a tagged child process, its
+    temporary directories in a TMPDIR of its own (so guests other processes run meanwhile
+    are not counted as its leftovers)."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.tag = uuid.uuid4().hex
         self.json = tmp_path / "m.json"
         self.junit = tmp_path / "m.xml"
-        self.guest_dirs_before = set(glob.glob(GUEST_DIRS))
-        self.temp_dirs_before = _temp_dirs()
+        self.tmpdir = tmp_path / "tmp"
+        self.tmpdir.mkdir()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uffdharness", "matrix", *args]
             + ["--json", str(self.json), "--junit", str(self.junit)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(os.environ, **{TAG: self.tag}),
+            env=dict(os.environ, **{TAG: self.tag, "TMPDIR": str(self.tmpdir)}),
         )
+
+    def guest_dirs(self) -> set[str]:
+        return set(glob.glob(str(self.tmpdir / GUEST_DIRS)))
+
+    def temp_dirs(self) -> set[str]:
+        return _temp_dirs(self.tmpdir)
 
     def wait_for_child(self, comm_prefix: str, argument: str = "") -> int:
         """A child whose comm starts with ``comm_prefix`` and whose argv holds ``argument``."""
@@ -124,7 +132,7 @@ class MatrixChild:
         deadline = time.monotonic() + 5  # init reaps the re-parented a moment later
         while (left := _tagged(self.tag)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return left, _temp_dirs() - self.temp_dirs_before
+        return left, self.temp_dirs()
 
     def end(self) -> None:
         """After a failed test: SIGTERM, the way that leaves nothing behind; then SIGKILL."""
@@ -156,7 +164,7 @@ def test_a_signal_kills_the_guest_removes_its_share_and_prints_the_table(matrix_
     spec = _cached_spec("6.1")
     child = matrix_child("--kernel", spec, "-k", "unregister-merge", "--memory", "anon")
     qemu = child.wait_for_guest()
-    _wait_for(lambda: set(glob.glob(GUEST_DIRS)) - child.guest_dirs_before, 10, "the share")
+    _wait_for(child.guest_dirs, 10, "the share")
     rc, out, err = child.stop(signum)
     left, dirs = child.leftovers()
     assert left == [] and not Path(f"/proc/{qemu}/cmdline").exists()
@@ -210,7 +218,7 @@ def test_a_signal_during_a_host_run_ends_that_run_and_its_scenarios(matrix_child
     child = matrix_child("--kernel", "host")
     run = child.wait_for_child("python")
     _wait_for(lambda: _children_of(run), 30, "a scenario process")  # mid-catalogue
-    assert _temp_dirs() - child.temp_dirs_before  # the run's results directory, meanwhile
+    assert child.temp_dirs()  # the run's results directory, meanwhile
     rc, out, err = child.stop(signal.SIGTERM)
     left, dirs = child.leftovers()
     assert (left, dirs, rc) == ([], set(), 128 + signal.SIGTERM), err
