@@ -201,6 +201,21 @@ def test_api_calls_facts(results):
     }
 
 
+def test_read_rwf_nowait_fact_is_what_the_kernel_answered(results):
+    """An empty uffd read with RWF_NOWAIT: EAGAIN where the uffd takes the flag, EOPNOTSUPP
+    where it refuses it (the fact says which read path the native core takes here)."""
+    import os
+
+    with Userfaultfd.open(Feature(0)) as uffd:
+        try:
+            os.preadv(uffd.fileno(), [bytearray(32)], -1, os.RWF_NOWAIT)
+            answer = "ok"
+        except OSError as exc:
+            answer = errno.errorcode[exc.errno]
+    assert answer in ("EAGAIN", "EOPNOTSUPP")
+    assert facts(results, "api-probe", "anon")["read_rwf_nowait"] == answer
+
+
 # --- mapped-eexist -----------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from .. import syscalls as sc
@@ -108,6 +109,18 @@ def _open_result(**kwargs) -> str:
         return exc.errno_name
 
 
+def _read_nowait_result(user_mode_only: bool) -> str:
+    """What preadv2(RWF_NOWAIT) of an empty uffd gives: EAGAIN where the uffd takes the flag
+    (FMODE_NOWAIT), EOPNOTSUPP where it refuses it; there the native core's own reads poll
+    and read under a timer instead (cext/handler_core.c read_nowait)."""
+    with Userfaultfd.open(Feature(0), user_mode_only=user_mode_only) as uffd:
+        try:
+            os.preadv(uffd.fileno(), [bytearray(32)], -1, os.RWF_NOWAIT)
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno, str(exc.errno))
+    return "ok"  # a message on a new uffd: impossible
+
+
 @scenario(
     id="api-probe",
     title="UFFDIO_API feature and ioctl negotiation",
@@ -141,6 +154,7 @@ def api_probe(ctx: Context) -> Observation:
         f"present on >= 6.1 (running {ctx.kernel})",
     )
     via_user_mode_only = check.fact("open_user_mode_only", _open_result(user_mode_only=True))
+    check.fact("read_rwf_nowait", _read_nowait_result(user_mode_only))
     if not any(way.startswith("ok") for way in (via_syscall, via_dev, via_user_mode_only)):
         check.problem(
             f"no way to open a userfaultfd: open_syscall {via_syscall}, "
