@@ -117,6 +117,8 @@ def _read_nowait_result(user_mode_only: bool) -> str:
         try:
             os.preadv(uffd.fileno(), [bytearray(32)], -1, os.RWF_NOWAIT)
         except OSError as exc:
+            if exc.errno == errno.EOPNOTSUPP:
+                return "EOPNOTSUPP"  # the kernel's name; Python's table says ENOTSUP (95)
             return errno.errorcode.get(exc.errno, str(exc.errno))
     return "ok"  # a message on a new uffd: impossible
 
