@@ -313,8 +313,8 @@ static ssize_t read_nowait(int fd, void *buf, size_t len)
             return got;
     }
     /* A uffd without FMODE_NOWAIT (before 'userfaultfd: convert to ->read_iter()'; Debian's
-     * 6.1 refuses, its 6.12 takes it) refuses RWF_NOWAIT: poll, then read with a timer signal bounding the read in case another
-     * reader takes the message in between. */
+     * 6.1 refuses RWF_NOWAIT, its 6.12 takes it): poll, then read with a timer signal
+     * bounding the read in case another reader takes the message in between. */
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     if (poll(&pfd, 1, 0) <= 0) {
         errno = EAGAIN;
