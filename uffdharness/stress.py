@@ -51,7 +51,6 @@ OPS = {
     lib.UH_STRESS_OP_THREAD: "pthread_create",
 }
 POLL_SLICE = 0.1  # seconds per wait in C, so a signal is handled promptly
-_ADVICE_NAMES = {sc.MADV_DONTNEED: "MADV_DONTNEED", sc.MADV_REMOVE: "MADV_REMOVE"}
 STUCK_GRACE = 2.0  # after unregistering for a stuck bounce, how long threads may take
 
 
@@ -148,7 +147,6 @@ class Arena(ChurnArena):
         self.churn_len = max(CHURN_PAGES * PAGE_SIZE, align)
         churn, area = self.churn_len, area_length
         super().__init__([churn, area, churn, area, churn], churn=[0, 2, 4], align=align)
-        self.drop_advice = kind.spec.drop_advice  # as this kernel takes it (_drop_advice)
         stack.callback(self.close)
         flags = sc.MAP_PRIVATE | sc.MAP_ANONYMOUS | sc.MAP_FIXED
         for number in range(CHURN_SLOTS):
@@ -157,6 +155,7 @@ class Arena(ChurnArena):
             stack.enter_context(self._map_area(self.slot(1 + 2 * i), area_length, i))
             for i in range(2)
         ]
+        self.drop_advice = _drop_advice(self.areas[1])  # as this kernel takes it
 
     def _map_area(self, addr: int, length: int, index: int) -> Region:
         spec = self.kind.spec
@@ -355,9 +354,8 @@ def run(config: StressConfig, progress: Callable[[str], None] | None = None) -> 
         # yet, and their first touch cost bounce 0 up to 66 ms (its copies take 2 ms);
         # given back, they are the first the kernel hands out again.
         dst.touch(write=True)
-        arena.drop_advice = _drop_advice(dst)
-        result.drop = _drop_name(arena.drop_advice, dst)
         _drop(dst, arena.drop_advice)
+        result.drop = _drop_name(arena.drop_advice, dst)
         started = time.monotonic()
         index = 0
         while True:
@@ -470,11 +468,11 @@ def _private_file(region: Region) -> int:
 
 
 def _drop_advice(region: Region) -> int:
-    """The advice that drops ``region``'s pages on this kernel: its kind's, or -1 (none)
-    where the kernel refuses that and punching the file drops them alone: MADV_DONTNEED on
-    hugetlb needs 5.18 ('mm: enable MADV_DONTNEED for hugetlb mappings'), and a hole
-    punched in hugetlbfs unmaps the range from every mapping of the file, private pages
-    too (hugetlb_vmdelete_list)."""
+    """The advice that drops ``region``'s pages on this kernel (tried on it): its kind's,
+    or -1 (none) where the kernel refuses that and punching the file drops them alone:
+    MADV_DONTNEED on hugetlb needs 5.18 ('mm: enable MADV_DONTNEED for hugetlb mappings'),
+    and a hole punched in hugetlbfs unmaps the range from every mapping of the file,
+    private pages too (hugetlb_vmdelete_list)."""
     advice = region.kind.spec.drop_advice
     try:
         region.madvise(advice)
@@ -488,7 +486,7 @@ def _drop_advice(region: Region) -> int:
 
 
 def _drop_name(advice: int, region: Region) -> str:
-    names = [] if advice < 0 else [_ADVICE_NAMES.get(advice, str(advice))]
+    names = [] if advice < 0 else [sc.ADVICE_NAMES[advice]]
     return " + ".join(names + (["punch"] if _private_file(region) >= 0 else []))
 
 

@@ -36,6 +36,8 @@ MADV_POPULATE_READ = lib.MADV_POPULATE_READ
 MADV_POPULATE_WRITE = lib.MADV_POPULATE_WRITE
 MADV_WILLNEED = lib.MADV_WILLNEED
 MADV_COLLAPSE = 25  # UAPI asm-generic/mman-common.h (6.1); older C libraries lack it
+# The advices a memory kind drops its pages with (KindSpec.drop_advice), by name.
+ADVICE_NAMES = {MADV_DONTNEED: "MADV_DONTNEED", MADV_REMOVE: "MADV_REMOVE"}
 MFD_CLOEXEC = lib.MFD_CLOEXEC
 MFD_HUGETLB = lib.MFD_HUGETLB
 FALLOC_FL_KEEP_SIZE = lib.FALLOC_FL_KEEP_SIZE

@@ -195,9 +195,7 @@ def _remove(ctx: Context, engine: str) -> Checks:
     offset, length = first * region.page_size, count * region.page_size
     removed = list(range(first, first + count))
     kept = [page for page in range(pages) if page not in removed]
-    check = Checks(
-        {"advice": "MADV_REMOVE" if ctx.spec.drop_advice == sc.MADV_REMOVE else "MADV_DONTNEED"}
-    )
+    check = Checks({"advice": sc.ADVICE_NAMES[ctx.spec.drop_advice]})
     handler = FaultHandler(uffd, FillIndexed(SEED), region, engine=engine, on_remove="unregister")
     with handler:
         _ran(check, "touch_served", region.touch)

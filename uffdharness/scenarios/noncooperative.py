@@ -16,8 +16,6 @@ from .context import Background, Context, next_event
 from .model import ALL_KINDS, Every, KnownBug, Observation
 from .registry import scenario
 
-ADVICE_NAMES = {sc.MADV_DONTNEED: "MADV_DONTNEED", sc.MADV_REMOVE: "MADV_REMOVE"}
-
 
 def _event_facts(event: Event | None) -> dict:
     if event is None:
@@ -120,7 +118,7 @@ def event_remove(ctx: Context) -> Observation:
     event = next_event(uffd, timeout=5)
     advisor.value(5)
     expected = RemoveEvent(region.addr + page, region.addr + 3 * page)
-    return _expect_event(Checks({"advice": ADVICE_NAMES[advice]}), event, expected)
+    return _expect_event(Checks({"advice": sc.ADVICE_NAMES[advice]}), event, expected)
 
 
 @scenario(

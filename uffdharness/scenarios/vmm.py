@@ -211,9 +211,7 @@ def remove_during_fault(ctx: Context) -> Observation:
     uffd = ctx.uffd(Feature.EVENT_REMOVE | ctx.mode_features(RegisterMode.MISSING))
     uffd.register(region, mode=RegisterMode.MISSING)
     uffd.copy(region.page_addr(1), content.page_addr(1), 2 * region.page_size)
-    check = Checks(
-        {"advice": "MADV_REMOVE" if ctx.spec.drop_advice == sc.MADV_REMOVE else "MADV_DONTNEED"}
-    )
+    check = Checks({"advice": sc.ADVICE_NAMES[ctx.spec.drop_advice]})
 
     toucher = Background(region.touch, 0)
     fault = next_event(uffd, timeout=EVENT_TIMEOUT)
